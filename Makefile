@@ -1,0 +1,63 @@
+# virtio-fs daemon crash reconnection for QEMU 7.2: the patch queue and its
+# test bench.  Two commands do everything, as root on Debian 12:
+#
+#   make demo     build what is missing, boot a guest on the series' QEMU
+#                 with a virtio-fs share and narrate the main job
+#   make check    every test: unit, qtest, functional, avocado, checkpatch
+#
+# Other targets: deps qemu build guest export-patches clean distclean help
+
+SHELL := /bin/bash
+TOP := $(CURDIR)
+QEMU_SRC := $(TOP)/qemu
+QEMU_BUILD := $(QEMU_SRC)/build
+GUEST_DIR := $(TOP)/build/guest
+PYTHON := /usr/bin/python3
+
+NINJA_TARGETS := all tests/qtest/qos-test
+
+.PHONY: help deps qemu build guest check demo export-patches clean distclean
+
+help:
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+
+# Debian packages the build and the tests need (apt-get, as root).
+deps:
+	@$(TOP)/scripts/install-deps.sh
+
+# ./qemu: the pinned base plus the queue (see qemu-submodule/fetch.sh).
+qemu: deps
+	@$(TOP)/qemu-submodule/fetch.sh $(TOP)
+
+# Configure (when needed) and build QEMU, virtiofsd and the qtests.
+build: qemu
+	@$(TOP)/configure-wrapper.sh $(QEMU_SRC) $(QEMU_BUILD)
+	@echo "[build] ninja -C qemu/build ($(NINJA_TARGETS))"
+	@$(TOP)/scripts/ninja-progress.sh $(QEMU_BUILD) $(NINJA_TARGETS)
+
+# The guest: Debian's kernel, busybox-static, our workload.
+GUEST_INPUTS := tests/guest/build-image.sh tests/guest/init.sh \
+                tests/guest/workload.c tests/guest/Makefile
+
+guest: $(GUEST_DIR)/initrd.img
+
+$(GUEST_DIR)/initrd.img: $(GUEST_INPUTS) | deps
+	@$(TOP)/tests/guest/build-image.sh $(GUEST_DIR)
+
+# Write ./qemu's commits since the base tag back to patches/.
+export-patches:
+	@$(TOP)/qemu-submodule/export.sh
+
+check: build guest
+	@$(PYTHON) $(TOP)/tests/run-check.py $(if $(STAGE),$(addprefix --stage ,$(STAGE))) $(if $(K),-k $(K))
+
+demo: build guest
+	@$(PYTHON) $(TOP)/tests/demo.py
+
+clean:
+	rm -rf $(TOP)/build $(QEMU_BUILD)
+	$(MAKE) -C tests/guest clean
+
+distclean: clean
+	rm -rf $(TOP)/.cache
+	@echo "./qemu is left alone: remove it by hand once its work is exported"

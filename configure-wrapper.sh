@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Configure ./qemu/build with the smallest configuration that builds and
+# tests everything this series touches: x86_64-softmmu (TCG and KVM),
+# vhost-user including the vhost-user netdev (QEMU's existing vhost-user
+# qtests are virtio-net based), virtiofsd, seccomp, libcap-ng, tools and
+# qtests.  Docs off; ROM blobs come from Debian's seabios, qemu-system-data
+# and ipxe-qemu at run time.  meson uses ccache by itself when it is on PATH.
+# Debian's meson is used (the source package has no meson submodule); it
+# runs on Debian's python3, which configure then picks up from PATH first.
+#
+# Usage: configure-wrapper.sh [SRCDIR [BUILDDIR]]
+set -euo pipefail
+top=$(cd "$(dirname "$0")" && pwd)
+src=${1:-$top/qemu}
+build=${2:-$src/build}
+
+[ -x "$src/configure" ] || { echo "configure-wrapper: $src/configure missing; run 'make qemu' first" >&2; exit 1; }
+
+opts=(
+    --target-list=x86_64-softmmu
+    --without-default-features
+    --enable-kvm --enable-tcg
+    --enable-vhost-user --enable-vhost-net --enable-vhost-kernel
+    --enable-virtiofsd --enable-seccomp --enable-cap-ng
+    --enable-tools
+    --enable-fdt=system
+    --disable-docs --disable-install-blobs
+    --with-git-submodules=ignore
+    --meson=/usr/bin/meson
+)
+
+# Reconfigure only when the options changed: meson regenerates by itself
+# when meson.build files change.
+stamp="$build/.configure-wrapper-opts"
+want=$(printf '%s\n' "${opts[@]}")
+if [ -f "$build/build.ninja" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+mkdir -p "$build"
+echo "[configure] $src -> $build"
+(cd "$build" && PATH=/usr/bin:$PATH "$src/configure" "${opts[@]}") > "$build/configure.log" 2>&1 || {
+    tail -n 20 "$build/configure.log" >&2
+    echo "configure-wrapper: configure failed (log: $build/configure.log); a missing -dev package? run 'make deps'" >&2
+    exit 1
+}
+printf '%s\n' "$want" > "$stamp"
+
+# qtests look for firmware in the build tree's bundle directory.
+fw="$build/qemu-bundle/usr/local/share/qemu"
+mkdir -p "$fw"
+for f in /usr/share/seabios/*.bin /usr/share/qemu/*.bin /usr/lib/ipxe/qemu/*.rom; do
+    [ -e "$f" ] && ln -sf "$f" "$fw/"
+done
+echo "[configure] done"

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Materialise ./qemu: Debian 12's qemu source package (the pin), unpacked
+# with Debian's patches, committed as one base commit tagged "base", then
+# the queue in patches/ applied with git am.
+#
+# Usage: qemu-submodule/fetch.sh [TOPDIR]
+#
+# Re-running is cheap: if ./qemu already holds exactly the current queue,
+# nothing happens.  If ./qemu holds work that is not in patches/ (commits
+# or uncommitted changes), it refuses to touch it.
+set -euo pipefail
+
+top=$(cd "${1:-$(dirname "$0")/..}" && pwd)
+here="$top/qemu-submodule"
+tree="$top/qemu"
+cache="$top/.cache/src"
+# shellcheck source=pin
+. "$here/pin"
+
+say() { printf '[qemu] %s\n' "$*"; }
+die() { printf 'make qemu: %s\n' "$*" >&2; exit 1; }
+
+queue_files() {
+    local p
+    [ -f "$top/patches/series" ] || return 0
+    while read -r p; do
+        case "$p" in ''|'#'*) continue ;; esac
+        [ -f "$top/patches/$p" ] || die "patches/series names $p, which is missing"
+        printf '%s\n' "$top/patches/$p"
+    done < "$top/patches/series"
+}
+
+queue_stamp() {
+    { cat "$here/pin"; queue_files | xargs -r cat; } | sha256sum | cut -d' ' -f1
+}
+
+# --- Is ./qemu already what the queue says? -------------------------------
+if [ -d "$tree/.git" ]; then
+    stamp=$(queue_stamp)
+    have=$(git -C "$tree" config --get queue.stamp || true)
+    applied=$(git -C "$tree" config --get queue.head || true)
+    head=$(git -C "$tree" rev-parse HEAD)
+    if [ "$have" = "$stamp" ] && [ "$applied" = "$head" ]; then
+        say "./qemu is up to date with patches/ ($(git -C "$tree" rev-list --count base..HEAD) patches on base)"
+        exit 0
+    fi
+    if [ -n "$(git -C "$tree" status --porcelain --untracked-files=no)" ]; then
+        die "./qemu has uncommitted changes; commit them there and run 'make export-patches', or remove ./qemu"
+    fi
+    if [ "$applied" != "$head" ]; then
+        if [ "$have" = "$stamp" ]; then
+            say "./qemu has commits not yet exported; run 'make export-patches' to write them to patches/"
+            exit 0
+        fi
+        die "./qemu has commits that are not in patches/ and patches/ changed too; export or drop one side (make export-patches, or rm -rf qemu)"
+    fi
+    say "patches/ changed: re-applying the queue on base"
+    git -C "$tree" checkout -q --detach base
+    git -C "$tree" branch -q -f queue base
+    git -C "$tree" checkout -q queue
+else
+    # --- Fetch the pinned source package -----------------------------------
+    command -v apt-get >/dev/null || die "apt-get not found: this needs a Debian 12 (bookworm) machine"
+    command -v dpkg-source >/dev/null || die "dpkg-source not found: run 'make deps' (package dpkg-dev)"
+    mkdir -p "$cache"
+    srcs=$(apt-cache showsrc "$PIN_PACKAGE" 2>/dev/null | sed -n 's/^Version: //p')
+    if [ -z "$srcs" ]; then
+        [ "$(id -u)" = 0 ] || die "no deb-src entry for Debian's archive and not root to add one; run as root or add 'Types: deb deb-src'"
+        say "adding a deb-src entry for the machine's Debian archive"
+        "$top/scripts/add-deb-src.sh"
+        apt-get update -qq || die "apt-get update failed: is Debian's archive reachable?"
+        srcs=$(apt-cache showsrc "$PIN_PACKAGE" 2>/dev/null | sed -n 's/^Version: //p')
+    fi
+    version=$PIN_VERSION
+    if ! printf '%s\n' "$srcs" | grep -qxF "$version"; then
+        version=$(printf '%s\n' "$srcs" | grep '^1:7\.2+' | sort -V | tail -n 1 || true)
+        [ -n "$version" ] || die "Debian's archive offers no qemu 7.2 source; cannot build the base"
+        say "pinned $PIN_VERSION has left the archive; using the newest 7.2 revision, $version"
+    fi
+    upver=${version#*:}
+    upver=${upver%-*}
+    dsc="${PIN_PACKAGE}_${version#*:}.dsc"
+    if [ ! -f "$cache/$dsc" ]; then
+        say "downloading source package $PIN_PACKAGE=$version"
+        (cd "$cache" && apt-get source -qq -o APT::Sandbox::User=root --download-only "$PIN_PACKAGE=$version") ||
+            die "apt-get source $PIN_PACKAGE=$version failed: is Debian's archive reachable?"
+    fi
+    if [ "$version" = "$PIN_VERSION" ]; then
+        echo "$PIN_SHA256_orig  $cache/${PIN_PACKAGE}_${upver}.orig.tar.xz" | sha256sum -c --quiet ||
+            die "checksum of ${PIN_PACKAGE}_${upver}.orig.tar.xz does not match qemu-submodule/pin"
+        echo "$PIN_SHA256_debian  $cache/${dsc%.dsc}.debian.tar.xz" | sha256sum -c --quiet ||
+            die "checksum of ${dsc%.dsc}.debian.tar.xz does not match qemu-submodule/pin"
+        say "checksums match the pin"
+    fi
+    # dpkg-source checks every file against the .dsc's own checksums.
+    rm -rf "$tree.tmp"
+    say "unpacking with dpkg-source (applies Debian's patches)"
+    dpkg-source --no-check -q -x "$cache/$dsc" "$tree.tmp" >/dev/null ||
+        die "dpkg-source -x $dsc failed"
+    qver=$(cat "$tree.tmp/VERSION")
+    case "$qver" in
+    7.2.*) ;;
+    *) rm -rf "$tree.tmp"; die "the unpacked tree is QEMU $qver, not 7.2.x; this series needs 7.2" ;;
+    esac
+    # Packaging is not part of the tree the series patches.
+    rm -rf "$tree.tmp/debian" "$tree.tmp/.pc"
+    mv "$tree.tmp" "$tree"
+
+    say "committing the pristine tree as the base"
+    export GIT_AUTHOR_NAME="Debian QEMU source" GIT_AUTHOR_EMAIL="pkg-qemu-devel@lists.alioth.debian.org"
+    export GIT_COMMITTER_NAME="$GIT_AUTHOR_NAME" GIT_COMMITTER_EMAIL="$GIT_AUTHOR_EMAIL"
+    export GIT_AUTHOR_DATE="$PIN_COMMIT_DATE" GIT_COMMITTER_DATE="$PIN_COMMIT_DATE"
+    git -C "$tree" init -q -b queue
+    git -C "$tree" config core.autocrlf false
+    git -C "$tree" add -A -f .
+    git -C "$tree" commit -q -m "QEMU $qver as in Debian's qemu $version" \
+        -m "Unpacked with dpkg-source -x (Debian's patches applied); debian/ removed."
+    git -C "$tree" tag -f base >/dev/null
+    unset GIT_AUTHOR_NAME GIT_AUTHOR_EMAIL GIT_COMMITTER_NAME GIT_COMMITTER_EMAIL
+    unset GIT_AUTHOR_DATE GIT_COMMITTER_DATE
+fi
+
+# --- Apply the queue ------------------------------------------------------
+git -C "$tree" config user.name >/dev/null ||
+    git -C "$tree" config user.name "$(git -C "$top" config user.name || echo 'QEMU developer')"
+git -C "$tree" config user.email >/dev/null ||
+    git -C "$tree" config user.email "$(git -C "$top" config user.email || echo 'developer@localhost')"
+n=0
+while read -r patch; do
+    [ -n "$patch" ] || continue
+    if ! git -C "$tree" am -q --keep-cr "$patch" >/dev/null 2>&1; then
+        git -C "$tree" am --abort >/dev/null 2>&1 || true
+        die "patch ${patch##*/} does not apply on $(git -C "$tree" describe --tags --always HEAD); fix it in patches/ (or rebase in ./qemu and make export-patches)"
+    fi
+    n=$((n + 1))
+done < <(queue_files)
+git -C "$tree" config queue.stamp "$(queue_stamp)"
+git -C "$tree" config queue.head "$(git -C "$tree" rev-parse HEAD)"
+say "./qemu ready: base $(git -C "$tree" rev-parse --short base) + $n patches"

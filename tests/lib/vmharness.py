@@ -1,0 +1,234 @@
+"""Host-side harness for the virtio-fs tests: real QEMU, real virtiofsd,
+the project's guest image.
+
+Every process a Harness starts is killed by pid when the Harness closes,
+whether the test passed or not; every wait has a deadline and raises
+TimeoutError naming what it waited for.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+QEMU_BUILD = os.environ.get('QEMU_BUILD', os.path.join(TOP, 'qemu', 'build'))
+GUEST_DIR = os.environ.get('GUEST_DIR', os.path.join(TOP, 'build', 'guest'))
+QEMU_BIN = os.path.join(QEMU_BUILD, 'qemu-system-x86_64')
+VIRTIOFSD_BIN = os.path.join(QEMU_BUILD, 'tools', 'virtiofsd', 'virtiofsd')
+FIRMWARE_DIRS = ['/usr/share/qemu', '/usr/share/seabios']
+
+WL_LINE = re.compile(r'^WL (\S+) (\S+) (\S+) (\S+) (\S+)(.*)$')
+WL_SUMMARY = re.compile(r'^WL SUMMARY (.*)$')
+
+
+def kvm_usable():
+    """KVM is used only when a probe showed a guest really boots with it
+    (set VIRTIOFS_TEST_ACCEL=kvm after such a probe); TCG otherwise."""
+    return os.environ.get('VIRTIOFS_TEST_ACCEL') == 'kvm'
+
+
+class Proc:
+    """A child process in its own session, killed by pid on close."""
+
+    def __init__(self, name, argv, log_path, env=None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.log = open(log_path, 'ab')
+        self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                      stdout=self.log, stderr=subprocess.STDOUT,
+                                      start_new_session=True, env=env)
+        self.pid = self.popen.pid
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout):
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError('%s (pid %d) did not exit within %.1f s'
+                               % (self.name, self.pid, timeout)) from None
+
+    def kill(self):
+        """SIGKILL the process by pid, then anything left in its session
+        (virtiofsd's sandbox child), and reap it."""
+        if self.alive():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.log.close()
+
+    def output(self):
+        with open(self.log_path, 'rb') as f:
+            return f.read().decode('utf-8', 'replace')
+
+
+class Harness:
+    """One guest with one virtio-fs share.  Use as a context manager."""
+
+    def __init__(self, name, workdir=None, keep=False):
+        self.name = name
+        base = workdir or os.environ.get('VIRTIOFS_TEST_WORKDIR')
+        if base:
+            os.makedirs(base, exist_ok=True)
+        self.dir = tempfile.mkdtemp(prefix=name + '.', dir=base)
+        self.keep = keep or bool(os.environ.get('VIRTIOFS_TEST_KEEP'))
+        self.procs = []
+        self.shared = os.path.join(self.dir, 'shared')
+        os.mkdir(self.shared)
+        self.sock = os.path.join(self.dir, 'vfs.sock')
+        self.console = os.path.join(self.dir, 'console.log')
+        self.qemu = None
+        self.virtiofsd = None
+        self._console_pos = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self):
+        for p in reversed(self.procs):
+            p.kill()
+        self.procs = []
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, lines=30):
+        """The end of every log of this harness, for failure messages."""
+        out = []
+        for p in self.procs:
+            text = p.output().splitlines()[-lines:]
+            out.append('--- %s (pid %d) log:' % (p.name, p.pid))
+            out.extend(text)
+        if os.path.exists(self.console):
+            out.append('--- guest console:')
+            out.extend(self.read_console().splitlines()[-lines:])
+        return '\n'.join(out)
+
+    # -- processes --------------------------------------------------------
+
+    def start_virtiofsd(self, options=('cache=auto',), extra=(), timeout=10):
+        argv = [VIRTIOFSD_BIN, '--socket-path=' + self.sock,
+                '-o', 'source=' + self.shared]
+        for o in options:
+            argv += ['-o', o]
+        argv += list(extra)
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        p = Proc('virtiofsd', argv, os.path.join(self.dir, 'virtiofsd.log'))
+        self.procs.append(p)
+        self.virtiofsd = p
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.sock):
+            if not p.alive():
+                raise RuntimeError('virtiofsd exited with %s before listening:\n%s'
+                                   % (p.popen.returncode, p.output()))
+            if time.monotonic() > deadline:
+                raise TimeoutError('virtiofsd socket %s not there after %d s'
+                                   % (self.sock, timeout))
+            time.sleep(0.02)
+        return p
+
+    def qemu_argv(self, append, mem_mb=512, smp=2, chardev_opts='',
+                  extra=()):
+        accel = 'kvm' if kvm_usable() else 'tcg'
+        argv = [QEMU_BIN]
+        for d in FIRMWARE_DIRS:
+            argv += ['-L', d]
+        argv += [
+            '-M', 'q35,accel=%s' % accel, '-m', str(mem_mb), '-smp', str(smp),
+            '-object', 'memory-backend-memfd,id=mem,size=%dM,share=on' % mem_mb,
+            '-numa', 'node,memdev=mem',
+            '-display', 'none', '-vga', 'none', '-nic', 'none',
+            '-no-reboot', '-monitor', 'none',
+            '-chardev', 'file,id=con,path=' + self.console,
+            '-serial', 'chardev:con',
+            '-chardev', 'socket,id=vfs,path=%s%s' % (self.sock, chardev_opts),
+            '-device', 'vhost-user-fs-pci,chardev=vfs,tag=share',
+            '-kernel', os.path.join(GUEST_DIR, 'vmlinuz'),
+            '-initrd', os.path.join(GUEST_DIR, 'initrd.img'),
+            '-append', 'console=ttyS0 quiet panic=-1 ' + append,
+        ]
+        return argv + list(extra)
+
+    def start_qemu(self, append, **kw):
+        argv = self.qemu_argv(append, **kw)
+        p = Proc('qemu', argv, os.path.join(self.dir, 'qemu.log'))
+        self.procs.append(p)
+        self.qemu = p
+        return p
+
+    # -- the guest console ------------------------------------------------
+
+    def read_console(self):
+        try:
+            with open(self.console, 'rb') as f:
+                return f.read().decode('utf-8', 'replace')
+        except FileNotFoundError:
+            return ''
+
+    def wait_console(self, pattern, timeout, what=None):
+        """Wait for a console line matching pattern (a regex) that comes
+        after the previous match; return the match."""
+        rx = re.compile(pattern, re.M)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.read_console()
+            m = rx.search(text, self._console_pos)
+            if m:
+                self._console_pos = m.end()
+                return m
+            if self.qemu is not None and not self.qemu.alive():
+                raise RuntimeError('QEMU exited (%s) before the guest printed %s\n%s'
+                                   % (self.qemu.popen.returncode, what or pattern,
+                                      self.log_tail()))
+            if time.monotonic() > deadline:
+                raise TimeoutError('guest did not print %s within %d s\n%s'
+                                   % (what or pattern, timeout, self.log_tail()))
+            time.sleep(0.05)
+
+
+def parse_workload(text):
+    """Parse the workload's WL lines: returns (summary dict, failing lines)."""
+    summary = None
+    bad = []
+    for line in text.splitlines():
+        line = line.strip()
+        m = WL_SUMMARY.match(line)
+        if m:
+            summary = dict(kv.split('=', 1) for kv in m.group(1).split())
+            summary = {k: int(v) for k, v in summary.items()}
+            continue
+        m = WL_LINE.match(line)
+        if m and m.group(1) not in ('START', 'SUMMARY') and m.group(5) != 'ok':
+            bad.append(line)
+    return summary, bad
+
+
+def unix_connect(path, timeout=10):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(path)
+    return s

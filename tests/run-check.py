@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""make check: every test stage of the project, one line per test, and a
+closing line "N passed, N failed, N skipped".
+
+Stages:
+  unit        unit tests the series adds (meson suite "virtiofsd" in ./qemu)
+  qtest       QEMU's vhost-user qtests and the series' new ones (qos-test)
+  functional  host-side tests: QEMU + virtiofsd + the guest workload
+  avocado     the series' tests/avocado tests, through QEMU's check-avocado
+  checkpatch  scripts/checkpatch.pl over every patch in patches/
+
+Usage: run-check.py [--stage NAME ...] [-k SUBSTRING]
+"""
+
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+import time
+import unittest
+
+TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+sys.path.insert(0, os.path.join(TOP, 'tests', 'lib'))
+import vmharness  # noqa: E402
+
+BUILD = vmharness.QEMU_BUILD
+RESULTS = os.path.join(TOP, 'build', 'results')
+STAGES = ['unit', 'qtest', 'functional', 'avocado', 'checkpatch']
+# Functional tests of the project (modules under tests/functional).
+FUNCTIONAL_DIR = os.path.join(TOP, 'tests', 'functional')
+
+
+class Tally:
+    def __init__(self):
+        self.passed = self.failed = self.skipped = 0
+        self.failures = []
+
+    def record(self, stage, name, status, secs, detail=''):
+        print('%-10s %-6s %-60s %6.1fs' % (stage, status.upper(), name, secs),
+              flush=True)
+        if status == 'pass':
+            self.passed += 1
+        elif status == 'skip':
+            self.skipped += 1
+            if detail:
+                print('           skipped: ' + detail, flush=True)
+        else:
+            self.failed += 1
+            self.failures.append('%s %s' % (stage, name))
+            if detail:
+                for line in detail.rstrip().splitlines()[-40:]:
+                    print('           | ' + line, flush=True)
+
+
+def run(argv, timeout, cwd=None, env=None):
+    """Run a command with a deadline; returns (rc, output).  On timeout the
+    whole process group is killed and rc is None."""
+    p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+        return p.returncode, out.decode('utf-8', 'replace')
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)
+        out, _ = p.communicate()
+        return None, out.decode('utf-8', 'replace') + \
+            '\n[killed after %d s]' % timeout
+
+
+# -- unit ------------------------------------------------------------------
+
+def stage_unit(t, args):
+    rc, out = run(['meson', 'test', '--list', '--suite', 'virtiofsd'], 60,
+                  cwd=BUILD)
+    names = [l.strip() for l in out.splitlines()
+             if rc == 0 and l.strip() and not l.startswith('No ')]
+    if not names:
+        print('unit       (the series adds no unit tests yet)', flush=True)
+        return
+    for name in names:
+        short = name.split('/')[-1].strip()
+        t0 = time.monotonic()
+        rc, out = run(['meson', 'test', '--no-rebuild', '--print-errorlogs',
+                       '--suite', 'virtiofsd', short], 300, cwd=BUILD)
+        t.record('unit', short, 'pass' if rc == 0 else 'fail',
+                 time.monotonic() - t0, '' if rc == 0 else out)
+
+
+# -- qtest -----------------------------------------------------------------
+
+def qtest_paths():
+    qos = os.path.join(BUILD, 'tests', 'qtest', 'qos-test')
+    env = dict(os.environ, QTEST_QEMU_BINARY='./qemu-system-x86_64')
+    rc, out = run([qos, '-l'], 60, cwd=BUILD, env=env)
+    if rc != 0:
+        raise RuntimeError('qos-test -l failed:\n' + out)
+    return [l.strip() for l in out.splitlines()
+            if 'vhost-user' in l and l.strip().startswith('/')]
+
+
+def stage_qtest(t, args):
+    qos = os.path.join(BUILD, 'tests', 'qtest', 'qos-test')
+    env = dict(os.environ, QTEST_QEMU_BINARY='./qemu-system-x86_64',
+               QTEST_QEMU_IMG='./qemu-img',
+               QTEST_QEMU_STORAGE_DAEMON_BINARY='./storage-daemon/qemu-storage-daemon',
+               G_TEST_DBUS_DAEMON=os.path.join(TOP, 'qemu', 'tests', 'dbus-vmstate-daemon.sh'))
+    try:
+        paths = qtest_paths()
+    except RuntimeError as e:
+        t.record('qtest', 'qos-test -l', 'fail', 0, str(e))
+        return
+    if not paths:
+        t.record('qtest', 'vhost-user paths', 'fail', 0,
+                 'qos-test -l lists no vhost-user test')
+        return
+    for path in paths:
+        if args.k and args.k not in path:
+            continue
+        t0 = time.monotonic()
+        rc, out = run([qos, '--tap', '-k', '-p', path], 120, cwd=BUILD, env=env)
+        ok = rc == 0 and re.search(r'^ok ', out, re.M) and \
+            not re.search(r'^not ok', out, re.M)
+        skipped = re.search(r'^ok \d+ .*# SKIP', out, re.M)
+        status = 'pass' if ok and not skipped else 'fail'
+        t.record('qtest', '/'.join(path.split('/')[-3:]), status,
+                 time.monotonic() - t0, '' if status == 'pass' else out)
+
+
+# -- functional --------------------------------------------------------------
+
+class _Result(unittest.TestResult):
+    def __init__(self, tally):
+        super().__init__()
+        self.tally = tally
+        self.t0 = 0
+
+    def startTest(self, test):
+        super().startTest(test)
+        self.t0 = time.monotonic()
+        print('functional ....   %s' % test.id(), flush=True)
+
+    def _name(self, test):
+        return test.id().split('.', 1)[-1]
+
+    def addSuccess(self, test):
+        self.tally.record('functional', self._name(test), 'pass',
+                          time.monotonic() - self.t0)
+
+    def addFailure(self, test, err):
+        self.tally.record('functional', self._name(test), 'fail',
+                          time.monotonic() - self.t0,
+                          self._exc_info_to_string(err, test))
+
+    addError = addFailure
+
+    def addSkip(self, test, reason):
+        # A skipped functional test hides an untested behaviour: count it
+        # as a failure unless the test says the feature is absent by design.
+        self.tally.record('functional', self._name(test), 'fail',
+                          time.monotonic() - self.t0, 'skipped: ' + reason)
+
+
+def stage_functional(t, args):
+    sys.path.insert(0, FUNCTIONAL_DIR)
+    loader = unittest.TestLoader()
+    if args.k:
+        loader.testNamePatterns = ['*%s*' % args.k]
+    suite = loader.discover(FUNCTIONAL_DIR, pattern='test_*.py',
+                            top_level_dir=FUNCTIONAL_DIR)
+    suite.run(_Result(t))
+
+
+# -- avocado ---------------------------------------------------------------
+
+def avocado_tests():
+    """The avocado tests the series adds or changes (not the upstream ones,
+    which need cloud images and ssh)."""
+    rc, out = run(['git', 'diff', '--name-only', '--diff-filter=AM',
+                   'base..HEAD', '--', 'tests/avocado/*.py'], 60,
+                  cwd=os.path.join(TOP, 'qemu'))
+    if rc != 0:
+        raise RuntimeError('git diff base..HEAD in ./qemu failed:\n' + out)
+    return sorted(l for l in out.split() if '/avocado_qemu/' not in l)
+
+
+def stage_avocado(t, args):
+    tests = avocado_tests()
+    if not tests:
+        print('avocado    (the series adds no avocado test yet)', flush=True)
+        return
+    env = dict(os.environ,
+               VIRTIOFS_TEST_KERNEL=os.path.join(vmharness.GUEST_DIR, 'vmlinuz'),
+               VIRTIOFS_TEST_INITRD=os.path.join(vmharness.GUEST_DIR, 'initrd.img'),
+               VIRTIOFS_TEST_FIRMWARE=':'.join(vmharness.FIRMWARE_DIRS))
+    t0 = time.monotonic()
+    # QEMU's own machinery: check-venv installs tests/requirements.txt
+    # (avocado-framework) from PyPI; FEDORA_31_DOWNLOAD= keeps get-vm-images
+    # from downloading cloud images we do not use.
+    rc, out = run(['make', '-s', 'check-avocado', 'FEDORA_31_DOWNLOAD=',
+                   'AVOCADO_TESTS=' + ' '.join(tests), 'AVOCADO_SHOW=none'],
+                  1200, cwd=BUILD, env=env)
+    secs = time.monotonic() - t0
+    results = os.path.join(BUILD, 'tests', 'results', 'latest', 'results.tap')
+    if not os.path.exists(results):
+        t.record('avocado', 'check-avocado', 'fail', secs, out)
+        return
+    with open(results) as f:
+        tap = f.read()
+    seen = 0
+    for m in re.finditer(r'^(ok|not ok) \d+ (\S+)(.*)$', tap, re.M):
+        seen += 1
+        ok = m.group(1) == 'ok' and '# SKIP' not in m.group(3)
+        t.record('avocado', m.group(2).split(':')[-1], 'pass' if ok else 'fail',
+                 secs / max(1, len(tests)), '' if ok else out + tap)
+    if seen == 0 or rc != 0 and t.failed == 0:
+        t.record('avocado', 'check-avocado', 'fail', secs, out + tap)
+
+
+# -- checkpatch --------------------------------------------------------------
+
+def stage_checkpatch(t, args):
+    patches = sorted(p for p in glob.glob(os.path.join(TOP, 'patches', '*.patch'))
+                     if not os.path.basename(p).startswith('0000-'))
+    if not patches:
+        print('checkpatch (the queue is empty)', flush=True)
+        return
+    script = os.path.join(TOP, 'qemu', 'scripts', 'checkpatch.pl')
+    for p in patches:
+        t0 = time.monotonic()
+        rc, out = run(['perl', script, p], 120, cwd=os.path.join(TOP, 'qemu'))
+        t.record('checkpatch', os.path.basename(p), 'pass' if rc == 0 else 'fail',
+                 time.monotonic() - t0, '' if rc == 0 else out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--stage', action='append', choices=STAGES)
+    ap.add_argument('-k', help='only tests whose name contains this')
+    args = ap.parse_args()
+    os.makedirs(RESULTS, exist_ok=True)
+    os.environ.setdefault('VIRTIOFS_TEST_WORKDIR', os.path.join(RESULTS, 'work'))
+    t = Tally()
+    t0 = time.monotonic()
+    for stage in args.stage or STAGES:
+        print('== %s' % stage, flush=True)
+        try:
+            globals()['stage_' + stage](t, args)
+        except Exception as e:  # a broken stage is a failure, not a crash
+            t.record(stage, '(stage)', 'fail', 0, repr(e))
+    print('== done in %.0f s' % (time.monotonic() - t0))
+    for f in t.failures:
+        print('FAILED: ' + f)
+    line = '%d passed, %d failed' % (t.passed, t.failed)
+    if t.skipped:
+        line += ', %d skipped' % t.skipped
+    print(line, flush=True)
+    sys.exit(1 if t.failed or t.passed == 0 else 0)
+
+
+if __name__ == '__main__':
+    main()
