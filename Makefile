@@ -14,7 +14,7 @@ QEMU_BUILD := $(QEMU_SRC)/build
 GUEST_DIR := $(TOP)/build/guest
 PYTHON := /usr/bin/python3
 
-NINJA_TARGETS := all tests/qtest/qos-test
+NINJA_TARGETS := all tests/qtest/qos-test tests/unit/test-char
 
 .PHONY: help deps qemu build guest check demo export-patches clean distclean
 

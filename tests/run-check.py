@@ -71,14 +71,29 @@ def run(argv, timeout, cwd=None, env=None):
 
 # -- unit ------------------------------------------------------------------
 
+# Unit tests of QEMU that the series changes, run as built binaries.
+UNIT_BINARIES = ['tests/unit/test-char']
+
+
+def tap_ok(rc, out):
+    return rc == 0 and re.search(r'^ok ', out, re.M) and \
+        not re.search(r'^(not ok|Bail out)', out, re.M)
+
+
 def stage_unit(t, args):
+    for binary in UNIT_BINARIES:
+        t0 = time.monotonic()
+        rc, out = run([os.path.join(BUILD, binary), '--tap'], 300, cwd=BUILD)
+        n = len(re.findall(r'^ok ', out, re.M))
+        t.record('unit', '%s (%d cases)' % (binary.split('/')[-1], n),
+                 'pass' if tap_ok(rc, out) else 'fail',
+                 time.monotonic() - t0, '' if tap_ok(rc, out) else out)
+    # The series' own unit tests (virtiofsd's) form the meson suite
+    # "virtiofsd".
     rc, out = run(['meson', 'test', '--list', '--suite', 'virtiofsd'], 60,
                   cwd=BUILD)
     names = [l.strip() for l in out.splitlines()
              if rc == 0 and l.strip() and not l.startswith('No ')]
-    if not names:
-        print('unit       (the series adds no unit tests yet)', flush=True)
-        return
     for name in names:
         short = name.split('/')[-1].strip()
         t0 = time.monotonic()
@@ -120,8 +135,7 @@ def stage_qtest(t, args):
             continue
         t0 = time.monotonic()
         rc, out = run([qos, '--tap', '-k', '-p', path], 120, cwd=BUILD, env=env)
-        ok = rc == 0 and re.search(r'^ok ', out, re.M) and \
-            not re.search(r'^not ok', out, re.M)
+        ok = tap_ok(rc, out)
         skipped = re.search(r'^ok \d+ .*# SKIP', out, re.M)
         status = 'pass' if ok and not skipped else 'fail'
         t.record('qtest', '/'.join(path.split('/')[-3:]), status,
