@@ -43,6 +43,20 @@ def wl_count(h):
     return len(re.findall(r'^WL w\d+ ', h.read_console(), re.M))
 
 
+def start_busy_guest(h, run, chardev_opts=''):
+    """Start virtiofsd and a guest running the given workload, and return
+    once the workload is visibly doing I/O."""
+    os.mkdir(os.path.join(h.shared, 'data'))
+    h.start_virtiofsd(options=('cache=none', 'xattr'))
+    h.start_qemu('wl.run=' + run, chardev_opts=chardev_opts)
+    h.wait_console(r'^GUEST MOUNT ok', 90, 'the mount')
+    deadline = time.monotonic() + 60
+    while wl_count(h) < 6:
+        if time.monotonic() > deadline:
+            raise TimeoutError('the guest workload made no progress')
+        time.sleep(0.1)
+
+
 def act_one():
     say('Act 1: a guest writes and verifies 50 MiB and churns metadata on '
         'a virtio-fs share')
@@ -70,16 +84,8 @@ def act_one():
 def act_two(recovery):
     say('Act 2: kill -9 virtiofsd while the guest is in the middle of I/O')
     with vmharness.Harness('demo-kill') as h:
-        os.mkdir(os.path.join(h.shared, 'data'))
-        h.start_virtiofsd(options=('cache=none', 'xattr'))
-        h.start_qemu('wl.run=data,--dir,/mnt/data,--workers,2,--files,2,'
-                     '--size,4194304,--bs,65536,--duration-ms,60000')
-        h.wait_console(r'^GUEST MOUNT ok', 90, 'the mount')
-        deadline = time.monotonic() + 60
-        while wl_count(h) < 6:
-            if time.monotonic() > deadline:
-                raise TimeoutError('the guest workload made no progress')
-            time.sleep(0.1)
+        start_busy_guest(h, 'data,--dir,/mnt/data,--workers,2,--files,2,'
+                         '--size,4194304,--bs,65536,--duration-ms,60000')
         before = wl_count(h)
         say('guest workload running (%d steps logged); SIGKILL virtiofsd '
             'pid %d' % (before, h.virtiofsd.pid))
@@ -115,17 +121,9 @@ def act_three():
     say('Act 3: the same kill with this series\' QEMU: -chardev '
         '...,reconnect-ms=100, and a new virtiofsd started after the kill')
     with vmharness.Harness('demo-reconnect') as h:
-        os.mkdir(os.path.join(h.shared, 'data'))
-        h.start_virtiofsd(options=('cache=none', 'xattr'))
-        h.start_qemu('wl.run=data,--dir,/mnt/data,--workers,2,--files,2,'
-                     '--size,1048576,--bs,65536,--duration-ms,10000',
-                     chardev_opts=',reconnect-ms=100')
-        h.wait_console(r'^GUEST MOUNT ok', 90, 'the mount')
-        deadline = time.monotonic() + 60
-        while wl_count(h) < 6:
-            if time.monotonic() > deadline:
-                raise TimeoutError('the guest workload made no progress')
-            time.sleep(0.1)
+        start_busy_guest(h, 'data,--dir,/mnt/data,--workers,2,--files,2,'
+                         '--size,1048576,--bs,65536,--duration-ms,10000',
+                         chardev_opts=',reconnect-ms=100')
         say('SIGKILL virtiofsd pid %d during guest I/O' % h.virtiofsd.pid)
         h.virtiofsd.signal(signal.SIGKILL)
         h.virtiofsd.wait(10)
