@@ -13,6 +13,8 @@ pkgs=(
     cpio xz-utils kmod
     # checkpatch
     perl
+    # fuzz targets (libFuzzer)
+    clang-14 libclang-rt-14-dev
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -7,6 +7,7 @@ Stages:
   qtest       QEMU's vhost-user qtests and the series' new ones (qos-test)
   functional  host-side tests: QEMU + virtiofsd + the guest workload
   avocado     the series' tests/avocado tests, through QEMU's check-avocado
+  fuzz        the series' fuzz targets, briefly (tests/fuzz, libFuzzer)
   checkpatch  scripts/checkpatch.pl over every patch in patches/
 
 Usage: run-check.py [--stage NAME ...] [-k SUBSTRING]
@@ -27,7 +28,8 @@ import vmharness  # noqa: E402
 
 BUILD = vmharness.QEMU_BUILD
 RESULTS = os.path.join(TOP, 'build', 'results')
-STAGES = ['unit', 'qtest', 'functional', 'avocado', 'checkpatch']
+STAGES = ['unit', 'qtest', 'functional', 'avocado', 'fuzz', 'checkpatch']
+FUZZ_SECONDS = int(os.environ.get('FUZZ_SECONDS', '20'))
 # Functional tests of the project (modules under tests/functional).
 FUNCTIONAL_DIR = os.path.join(TOP, 'tests', 'functional')
 
@@ -233,6 +235,21 @@ def stage_avocado(t, args):
                  secs / max(1, len(tests)), '' if ok else out + tap)
     if seen == 0 or rc != 0 and t.failed == 0:
         t.record('avocado', 'check-avocado', 'fail', secs, out + tap)
+
+
+# -- fuzz ------------------------------------------------------------------
+
+def stage_fuzz(t, args):
+    """Each fuzz target runs for FUZZ_SECONDS from fresh seeds; a crash,
+    a leak or a sanitizer report fails it (libFuzzer exits non-zero)."""
+    t0 = time.monotonic()
+    rc, out = run(['make', '-s', '-C', os.path.join(TOP, 'tests', 'fuzz'),
+                   'run', 'SECONDS=%d' % FUZZ_SECONDS],
+                  FUZZ_SECONDS + 300)
+    runs = re.search(r'stat::number_of_executed_units:\s+(\d+)', out)
+    name = 'fuzz-lo-map (%s runs)' % (runs.group(1) if runs else '?')
+    t.record('fuzz', name, 'pass' if rc == 0 and runs else 'fail',
+             time.monotonic() - t0, '' if rc == 0 and runs else out)
 
 
 # -- checkpatch --------------------------------------------------------------
