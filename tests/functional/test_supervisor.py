@@ -50,6 +50,7 @@ STATE = sys.argv[2]
 NOTIFY = os.environ.get('NOTIFY_SOCKET')
 
 T_SENT = None
+
 if MODE == 'latency':
     # First thing: tell the supervisor we are alive.
     _s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
@@ -170,6 +171,16 @@ def sleep_forever():
         time.sleep(3600)
 
 
+def finish_after_eof(rs):
+    """Report how many of the read ends rs saw EOF (their write ends were
+    closed by the supervisor), then wait to be killed."""
+    eof = wait_eof(rs, 5.0)
+    write_json('result-%d.json' % os.getpid(),
+               {'sent': len(rs), 'eof': len(eof)})
+    notify('READY=1')
+    sleep_forever()
+
+
 names = os.environ.get('LISTEN_FDNAMES')
 names = names.split(':') if names else []
 
@@ -208,11 +219,7 @@ elif MODE == 'nostore':
             for w in ws:
                 os.close(w)
             all_r += rs
-    eof = wait_eof(all_r, 5.0)
-    write_json('result-%d.json' % os.getpid(),
-               {'sent': len(all_r), 'eof': len(eof)})
-    notify('READY=1')
-    sleep_forever()
+    finish_after_eof(all_r)
 
 elif MODE == 'cycle':
     report()
@@ -236,11 +243,7 @@ elif MODE == 'badname':
         os.close(w)
     notify('FDSTORE=1\nFDNAME=good', [memfd('good')])
     notify('FDSTORE=1\nFDNAME=' + 'x' * 255, [memfd('long')])
-    eof = wait_eof(rs, 5.0)
-    write_json('result-%d.json' % os.getpid(),
-               {'sent': len(rs), 'eof': len(eof)})
-    notify('READY=1')
-    sleep_forever()
+    finish_after_eof(rs)
 
 elif MODE == 'limit':
     report()
@@ -529,14 +532,21 @@ class SupervisorTest(unittest.TestCase):
         self.assertEqual(r3['fds'][0]['content'], 'alpha')
         self.assertIn('holding 1 fds', self.log_text())
 
-    def test_c_fds_without_fdstore_are_closed(self):
-        self.start('nostore')
+    def start_and_check_closed(self, mode):
+        """Start a child in mode, let it send fds the supervisor must
+        close, and check that every one was closed.  Returns the child's
+        first report and the supervisor's fd count before the sends."""
+        self.start(mode)
         r1 = self.next_report()
         base = self.sup_fd_count()
         self.go(r1['pid'])
         res = self.result(r1['pid'])
         self.assertEqual(res['eof'], res['sent'])
         self.wait_ready(r1['pid'])
+        return r1, base
+
+    def test_c_fds_without_fdstore_are_closed(self):
+        r1, base = self.start_and_check_closed('nostore')
         self.assertEqual(self.sup_fd_count(), base)
         self.kill_child(r1['pid'])
 
@@ -653,13 +663,7 @@ class SupervisorTest(unittest.TestCase):
         self.assertEqual(os.listdir(self.rundir), [])
 
     def test_h_invalid_fdname_refused(self):
-        self.start('badname')
-        r1 = self.next_report()
-        base = self.sup_fd_count()
-        self.go(r1['pid'])
-        res = self.result(r1['pid'])
-        self.assertEqual(res['eof'], res['sent'])
-        self.wait_ready(r1['pid'])
+        r1, base = self.start_and_check_closed('badname')
         self.assertEqual(self.sup_fd_count(), base + 2)
         log = self.log_text()
         self.assertIn("closing 1 fds with invalid FDNAME 'a:b'", log)
