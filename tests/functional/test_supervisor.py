@@ -535,7 +535,8 @@ class SupervisorTest(unittest.TestCase):
     def start_and_check_closed(self, mode):
         """Start a child in mode, let it send fds the supervisor must
         close, and check that every one was closed.  Returns the child's
-        first report and the supervisor's fd count before the sends."""
+        first report, the supervisor's fd count before the sends and the
+        child's result."""
         self.start(mode)
         r1 = self.next_report()
         base = self.sup_fd_count()
@@ -543,10 +544,10 @@ class SupervisorTest(unittest.TestCase):
         res = self.result(r1['pid'])
         self.assertEqual(res['eof'], res['sent'])
         self.wait_ready(r1['pid'])
-        return r1, base
+        return r1, base, res
 
     def test_c_fds_without_fdstore_are_closed(self):
-        r1, base = self.start_and_check_closed('nostore')
+        r1, base, _ = self.start_and_check_closed('nostore')
         self.assertEqual(self.sup_fd_count(), base)
         self.kill_child(r1['pid'])
 
@@ -663,7 +664,7 @@ class SupervisorTest(unittest.TestCase):
         self.assertEqual(os.listdir(self.rundir), [])
 
     def test_h_invalid_fdname_refused(self):
-        r1, base = self.start_and_check_closed('badname')
+        r1, base, res = self.start_and_check_closed('badname')
         self.assertEqual(self.sup_fd_count(), base + 2)
         log = self.log_text()
         self.assertIn("closing 1 fds with invalid FDNAME 'a:b'", log)
