@@ -30,9 +30,21 @@ queue_files() {
     done < "$top/patches/series"
 }
 
+# Run in the main shell: die() in a subshell would not stop the script.
+check_series() {
+    local p
+    [ -f "$top/patches/series" ] || return 0
+    while read -r p; do
+        case "$p" in ''|'#'*) continue ;; esac
+        [ -f "$top/patches/$p" ] || die "patches/series names $p, which is missing"
+    done < "$top/patches/series"
+}
+
 queue_stamp() {
     { cat "$here/pin"; queue_files | xargs -r cat; } | sha256sum | cut -d' ' -f1
 }
+
+check_series
 
 # --- Is ./qemu already what the queue says? -------------------------------
 if [ -d "$tree/.git" ]; then
