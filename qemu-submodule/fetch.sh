@@ -20,24 +20,23 @@ cache="$top/.cache/src"
 say() { printf '[qemu] %s\n' "$*"; }
 die() { printf 'make qemu: %s\n' "$*" >&2; exit 1; }
 
+# The patch files the series names, in order
 queue_files() {
     local p
     [ -f "$top/patches/series" ] || return 0
     while read -r p; do
         case "$p" in ''|'#'*) continue ;; esac
-        [ -f "$top/patches/$p" ] || die "patches/series names $p, which is missing"
         printf '%s\n' "$top/patches/$p"
     done < "$top/patches/series"
 }
 
-# Run in the main shell: die() in a subshell would not stop the script.
+# Each of them must exist.  The loop runs in the main shell: die() in a
+# subshell would not stop the script.
 check_series() {
-    local p
-    [ -f "$top/patches/series" ] || return 0
-    while read -r p; do
-        case "$p" in ''|'#'*) continue ;; esac
-        [ -f "$top/patches/$p" ] || die "patches/series names $p, which is missing"
-    done < "$top/patches/series"
+    local f
+    while read -r f; do
+        [ -f "$f" ] || die "patches/series names ${f##*/}, which is missing"
+    done < <(queue_files)
 }
 
 queue_stamp() {
