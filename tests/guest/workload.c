@@ -810,7 +810,9 @@ static bool parse_u64(const char *s, uint64_t *out, bool suffix)
  *   open <name> <key>                  open(O_RDWR|O_CREAT), keep the fd
  *   write|check <key> <off> <len> <seed>   pwrite / pread+compare pattern;
  *                                      check logs got=<n> at=<1st bad off>
- *   fsync|flock|funlock|close <key>    (flock is LOCK_EX|LOCK_NB)
+ *   fsync|flock|funlock|close <key>    (flock is LOCK_EX|LOCK_NB, funlock
+ *                                      LOCK_UN|LOCK_NB: virtiofsd refuses
+ *                                      a blocking flock)
  *   opendir <name> <key>               keep a DIR*, log its first entry
  *   readdir <key>                      read the rest, log count=<n>
  *   unlink|chdir|stat <name>
@@ -915,7 +917,7 @@ static bool hold_cmd(Worker *w, int ac, char **av)
     } else if (!strcmp(cmd, "fsync") || !strcmp(cmd, "flock") ||
                !strcmp(cmd, "funlock")) {
         res = !strcmp(cmd, "fsync") ? fsync(fd) :
-              flock(fd, !strcmp(cmd, "flock") ? LOCK_EX | LOCK_NB : LOCK_UN);
+              flock(fd, (!strcmp(cmd, "flock") ? LOCK_EX : LOCK_UN) | LOCK_NB);
         res = res < 0 ? errno : 0;
         wl_log(w, cmd, slot->path, res, "key=%s", slot->key);
     } else if (!strcmp(cmd, "unlink") || !strcmp(cmd, "chdir")) {
