@@ -29,7 +29,7 @@ import vmharness  # noqa: E402
 BUILD = vmharness.QEMU_BUILD
 RESULTS = os.path.join(TOP, 'build', 'results')
 STAGES = ['unit', 'qtest', 'functional', 'avocado', 'fuzz', 'checkpatch']
-FUZZ_SECONDS = int(os.environ.get('FUZZ_SECONDS', '20'))
+FUZZ_SECONDS = int(os.environ.get('FUZZ_SECONDS', '15'))
 # Functional tests of the project (modules under tests/functional).
 FUNCTIONAL_DIR = os.path.join(TOP, 'tests', 'functional')
 
@@ -248,13 +248,19 @@ def stage_fuzz(t, args):
     """Each fuzz target runs for FUZZ_SECONDS from fresh seeds; a crash,
     a leak or a sanitizer report fails it (libFuzzer exits non-zero)."""
     t0 = time.monotonic()
+    targets = ['fuzz-lo-map', 'fuzz-session']
     rc, out = run(['make', '-s', '-C', os.path.join(TOP, 'tests', 'fuzz'),
                    'run', 'SECONDS=%d' % FUZZ_SECONDS],
-                  FUZZ_SECONDS + 300)
-    runs = re.search(r'stat::number_of_executed_units:\s+(\d+)', out)
-    name = 'fuzz-lo-map (%s runs)' % (runs.group(1) if runs else '?')
-    t.record('fuzz', name, 'pass' if rc == 0 and runs else 'fail',
-             time.monotonic() - t0, '' if rc == 0 and runs else out)
+                  len(targets) * FUZZ_SECONDS + 300)
+    parts = dict(re.findall(r'^== (\S+)\n(.*?)(?=^== |\Z)', out, re.M | re.S))
+    for name in targets:
+        text = parts.get(name, '')
+        runs = re.search(r'stat::number_of_executed_units:\s+(\d+)', text)
+        ok = rc == 0 and runs is not None
+        t.record('fuzz', '%s (%s runs)' % (name, runs.group(1) if runs
+                                             else '?'),
+                 'pass' if ok else 'fail', time.monotonic() - t0,
+                 '' if ok else (text or out))
 
 
 # -- checkpatch --------------------------------------------------------------

@@ -816,6 +816,7 @@ static bool parse_u64(const char *s, uint64_t *out, bool suffix)
  *   opendir <name> <key>               keep a DIR*, log its first entry
  *   readdir <key>                      read the rest, log count=<n>
  *   unlink|chdir|stat <name>
+ *   statdir <name>                     stat every entry, log count=<n>
  *   setxattr <name> <attr> <value>
  *   getxattr <name> <attr> <expected-value>
  *   sleep <ms>
@@ -833,6 +834,7 @@ static bool hold_cmd(Worker *w, int ac, char **av)
         { "fsync", 1, true }, { "unlink", 1, false },
         { "opendir", 2, false }, { "readdir", 1, true },
         { "chdir", 1, false }, { "stat", 1, false }, { "flock", 1, true },
+        { "statdir", 1, false },
         { "funlock", 1, true }, { "setxattr", 3, false },
         { "getxattr", 3, false }, { "close", 1, true },
         { "sleep", 1, false }, { "quit", 0, false },
@@ -946,6 +948,27 @@ static bool hold_cmd(Worker *w, int ac, char **av)
             errno = 0;
         }
         wl_log(w, cmd, slot->path, errno, "key=%s count=%zu", slot->key, i);
+    } else if (!strcmp(cmd, "statdir")) {
+        DIR *dir = opendir(path);
+
+        res = dir ? 0 : errno;
+        for (i = 0; dir && !res;) {
+            errno = 0;
+            de = readdir(dir);
+            if (!de) {
+                res = errno;
+                break;
+            }
+            if (fstatat(dirfd(dir), de->d_name, &st,
+                        AT_SYMLINK_NOFOLLOW) < 0) {
+                res = errno;
+            }
+            i++;
+        }
+        if (dir) {
+            closedir(dir);
+        }
+        wl_log(w, cmd, path, res, "count=%zu", i);
     } else if (!strcmp(cmd, "stat")) {
         if (stat(path, &st) < 0) {
             log_errno(w, cmd, path, -1);

@@ -99,6 +99,7 @@ class Harness:
         self.console = os.path.join(self.dir, 'console.log')
         self.qemu = None
         self.virtiofsd = None
+        self.hold = None
         self._console_pos = 0
 
     def __enter__(self):
@@ -109,6 +110,8 @@ class Harness:
         return False
 
     def close(self):
+        if self.hold is not None:
+            self.hold.close()
         for p in reversed(self.procs):
             p.kill()
         self.procs = []
@@ -180,6 +183,68 @@ class Harness:
         self.qemu = p
         return p
 
+    def start_qemu_hold(self, append='', timeout=90, extra=(), **kw):
+        """Start QEMU with the guest in "workload hold" mode: its commands
+        come from ttyS1, a unix socket QEMU listens on, and its WL lines
+        go to the console.  Waits until the guest reads commands and
+        returns the Hold that sends them."""
+        path = os.path.join(self.dir, 'ctl.sock')
+        ctl = ['-chardev', 'socket,id=ctl,path=%s,server=on,wait=off' % path,
+               '-serial', 'chardev:ctl']
+        self.start_qemu(('wl.ctl=ttyS1 ' + append).strip(),
+                        extra=ctl + list(extra), **kw)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                s = unix_connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if not self.qemu.alive() or time.monotonic() > deadline:
+                    raise RuntimeError('no control socket from QEMU\n%s'
+                                       % self.log_tail())
+                time.sleep(0.05)
+        self.hold = Hold(self, s)
+        # Bytes that reach the UART before the workload opens ttyS1 are
+        # lost (the open clears its FIFO): wait until the workload runs.
+        self.wait_console(r'^WL main \d+ setup \S+ ok', timeout,
+                          'the hold workload')
+        return self.hold
+
+    def start_supervised_virtiofsd(self, state_dir, options=('cache=auto',),
+                                   sup_opts=(), timeout=10):
+        """virtiofsd -o reconnect,state_dir=state_dir under
+        virtiofsd-supervisor; returns the supervisor's Proc (its log has
+        the daemon's lines too).  Killed with the harness: the supervisor
+        by pid, the daemons below it through its process group."""
+        argv = [os.path.join(os.path.dirname(VIRTIOFSD_BIN),
+                             'virtiofsd-supervisor')] + list(sup_opts)
+        argv += ['--', VIRTIOFSD_BIN, '--socket-path=' + self.sock,
+                 '-o', 'source=' + self.shared, '-o', 'reconnect',
+                 '-o', 'state_dir=' + state_dir]
+        for o in options:
+            argv += ['-o', o]
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        p = Proc('supervisor', argv, os.path.join(self.dir, 'supervisor.log'))
+        self.procs.append(p)
+        self.supervisor = p
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.sock):
+            if not p.alive() or time.monotonic() > deadline:
+                raise RuntimeError('supervised virtiofsd is not listening:\n'
+                                   + p.output())
+            time.sleep(0.02)
+        return p
+
+    def supervised_child_pid(self):
+        """The pid of the daemon the supervisor runs now."""
+        pid = self.supervisor.pid
+        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
+            kids = f.read().split()
+        if not kids:
+            raise RuntimeError('the supervisor runs no daemon')
+        return int(kids[0])
+
     # -- the guest console ------------------------------------------------
 
     def read_console(self):
@@ -210,6 +275,59 @@ class Harness:
             time.sleep(0.05)
 
 
+class HoldLine:
+    """One WL line of "workload hold": op, path, result ("ok",
+    "err=EIO", ...) and the key=value fields after it (ms= included)."""
+
+    def __init__(self, text, op, path, result, rest):
+        self.text = text
+        self.op = op
+        self.path = path
+        self.result = result
+        self.fields = dict(kv.split('=', 1) for kv in rest.split()
+                           if '=' in kv)
+
+    @property
+    def ok(self):
+        return self.result == 'ok'
+
+    def __repr__(self):
+        return repr(self.text)
+
+
+class Hold:
+    """The guest's "workload hold": one command a line on ttyS1, one WL
+    line per command on the console, numbered from 0."""
+
+    def __init__(self, harness, sock):
+        self.h = harness
+        self.sock = sock
+        self.seq = 0
+        self.lines = []
+
+    def send(self, command):
+        """Send a command without waiting; returns its sequence number."""
+        self.sock.sendall(command.encode() + b'\n')
+        self.seq += 1
+        return self.seq - 1
+
+    def wait(self, seq, timeout=30):
+        """Wait for the WL line of command number seq."""
+        m = self.h.wait_console(r'^WL hold %d (\S+) (\S+) (\S+)([^\n]*)\n'
+                                % seq, timeout, 'WL line %d' % seq)
+        line = HoldLine(m.group(0).strip(), m.group(1), m.group(2),
+                        m.group(3), m.group(4))
+        self.lines.append(line)
+        return line
+
+    def cmd(self, command, timeout=30):
+        """Run one command and return its HoldLine."""
+        return self.wait(self.send(command), timeout)
+
+    def close(self):
+        self.sock.close()
+
+
 def parse_workload(text):
     """Parse the workload's WL lines: returns (summary dict, failing lines)."""
     summary = None
@@ -229,6 +347,10 @@ def parse_workload(text):
 
 def unix_connect(path, timeout=10):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(path)
+    try:
+        s.settimeout(timeout)
+        s.connect(path)
+    except OSError:
+        s.close()
+        raise
     return s
