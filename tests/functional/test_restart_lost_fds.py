@@ -1,0 +1,92 @@
+"""Crash recovery when the fd keeper lost fds: inodes come back from the
+file handles recorded at lookup, checked to be the same inode; what
+cannot come back (an unlinked file whose fd is gone) answers ESTALE and
+never reaches another file.
+
+The supervisor is started with --fd-limit=4, so it keeps only the first
+few fds virtiofsd stores and closes the rest.
+"""
+
+import os
+import re
+import signal
+import time
+import unittest
+
+import vmharness
+
+RESTORED = re.compile(r'^state: restored session from \S+: (\d+) inodes, '
+                      r'(\d+) files, (\d+) dirs \((\d+) fds from the store, '
+                      r'(\d+) reopened by handle, (\d+) stale\)', re.M)
+
+
+class RestartLostFdsTest(unittest.TestCase):
+
+    def test_handles_and_estale(self):
+        with vmharness.Harness('restart-lost-fds') as h:
+            sub = os.path.join(h.shared, 'sub')
+            os.mkdir(sub)
+            for i in range(10):
+                with open(os.path.join(sub, 'f%d' % i), 'w') as f:
+                    f.write('file %d\n' % i)
+            state = os.path.join(h.dir, 'state')
+            os.mkdir(state, 0o700)
+            sup = h.start_supervised_virtiofsd(state,
+                                               sup_opts=('--fd-limit=4',))
+            hold = h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
+            # The first four fds stored (sub, f1, f2, f3) are kept; the
+            # rest (a, the unlinked file, the open files, the directory
+            # handle) are lost
+            before = ['stat sub/f1', 'stat sub/f2', 'stat sub/f3',
+                      'open a 1', 'write 1 0 65536 7', 'open gone 2',
+                      'write 2 0 4096 9', 'unlink gone', 'opendir sub 3']
+            for c in before:
+                line = hold.cmd(c)
+                self.assertTrue(line.ok, '%s: %s\n%s' % (c, line,
+                                                         h.log_tail()))
+            # The unlinked file's inode must not be reachable by handle
+            # and no other file may take its place: put a new file where
+            # it was, with the same name
+            with open(os.path.join(h.shared, 'gone'), 'w') as f:
+                f.write('a different file\n')
+
+            os.kill(h.supervised_child_pid(), signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while not RESTORED.search(sup.output()):
+                self.assertLess(time.monotonic(), deadline,
+                                'no restore\n' + h.log_tail())
+                time.sleep(0.02)
+            m = RESTORED.search(sup.output())
+            inodes, files, dirs, kept, reopened, stale = map(int, m.groups())
+            self.assertGreater(reopened, 0, m.group(0))
+            self.assertEqual(kept, 4, m.group(0))
+            self.assertEqual(kept + reopened + stale, inodes + files + dirs,
+                             m.group(0))
+            self.assertGreater(stale, 0, m.group(0))
+
+            # Files whose inode came back by handle work as before
+            for c in ('check 1 0 65536 7', 'write 1 65536 4096 3',
+                      'check 1 65536 4096 3', 'readdir 3', 'stat sub/f1',
+                      'stat sub/f9', 'getxattr a user.none x'):
+                line = hold.cmd(c)
+                if c.startswith('getxattr'):
+                    # not set: ENODATA or EOPNOTSUPP, never ESTALE
+                    self.assertNotEqual(line.result, 'err=ESTALE', line)
+                    continue
+                self.assertTrue(line.ok, '%s: %s\n%s' % (c, line,
+                                                         h.log_tail()))
+            # The unlinked file is gone for good: ESTALE, not the new file
+            for c in ('check 2 0 4096 9', 'write 2 4096 10 1'):
+                line = hold.cmd(c)
+                self.assertEqual(line.result, 'err=ESTALE',
+                                 '%s: %s' % (c, line))
+            with open(os.path.join(h.shared, 'gone')) as f:
+                self.assertEqual(f.read(), 'a different file\n')
+            line = hold.cmd('stat gone')
+            self.assertTrue(line.ok, line)
+            with open(os.path.join(h.shared, 'a'), 'rb') as f:
+                self.assertEqual(len(f.read()), 65536 + 4096)
+
+
+if __name__ == '__main__':
+    unittest.main()
