@@ -3,9 +3,11 @@
 #
 #   make demo     build what is missing, boot a guest on the series' QEMU
 #                 with a virtio-fs share and narrate the main job
-#   make check    every test: unit, qtest, functional, avocado, checkpatch
+#   make check    every test: unit, qtest, functional, avocado, fuzz,
+#                 torture (20 kills), checkpatch
 #
-# Other targets: deps qemu build guest export-patches clean distclean help
+# Other targets: torture (CYCLES=N, SEED=S: kill virtiofsd N times under
+# guest load), deps qemu build guest export-patches clean distclean help
 
 SHELL := /bin/bash
 TOP := $(CURDIR)
@@ -16,10 +18,11 @@ PYTHON := /usr/bin/python3
 
 NINJA_TARGETS := all tests/qtest/qos-test tests/unit/test-char
 
-.PHONY: help deps qemu build guest check demo export-patches clean distclean
+.PHONY: help deps qemu build guest check demo torture export-patches clean \
+        distclean
 
 help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
 
 # Debian packages the build and the tests need (apt-get, as root).
 deps:
@@ -53,6 +56,13 @@ check: build guest
 
 demo: build guest
 	@$(PYTHON) $(TOP)/tests/demo.py
+
+# Ends with "torture: N cycles, E io-errors, M mismatches, H hung,
+# L leaked-fds"; fails unless E, M, H and L are 0.
+CYCLES ?= 100
+SEED ?= 1
+torture: build guest
+	@$(PYTHON) $(TOP)/tests/torture/torture.py --cycles $(CYCLES) --seed $(SEED)
 
 clean:
 	rm -rf $(TOP)/build $(QEMU_BUILD)

@@ -8,6 +8,7 @@ Stages:
   functional  host-side tests: QEMU + virtiofsd + the guest workload
   avocado     the series' tests/avocado tests, through QEMU's check-avocado
   fuzz        the series' fuzz targets, briefly (tests/fuzz, libFuzzer)
+  torture     kill virtiofsd 20 times under guest load (tests/torture)
   checkpatch  scripts/checkpatch.pl over every patch in patches/
 
 Usage: run-check.py [--stage NAME ...] [-k SUBSTRING]
@@ -28,7 +29,9 @@ import vmharness  # noqa: E402
 
 BUILD = vmharness.QEMU_BUILD
 RESULTS = os.path.join(TOP, 'build', 'results')
-STAGES = ['unit', 'qtest', 'functional', 'avocado', 'fuzz', 'checkpatch']
+STAGES = ['unit', 'qtest', 'functional', 'avocado', 'fuzz', 'torture',
+          'checkpatch']
+TORTURE_CYCLES = int(os.environ.get('TORTURE_CYCLES', '20'))
 FUZZ_SECONDS = int(os.environ.get('FUZZ_SECONDS', '15'))
 # Functional tests of the project (modules under tests/functional).
 FUNCTIONAL_DIR = os.path.join(TOP, 'tests', 'functional')
@@ -261,6 +264,21 @@ def stage_fuzz(t, args):
                                              else '?'),
                  'pass' if ok else 'fail', time.monotonic() - t0,
                  '' if ok else (text or out))
+
+
+# -- torture ---------------------------------------------------------------
+
+def stage_torture(t, args):
+    """A short torture run: its last line must be all zeros."""
+    t0 = time.monotonic()
+    rc, out = run([sys.executable, os.path.join(TOP, 'tests', 'torture',
+                                                'torture.py'),
+                   '--cycles', str(TORTURE_CYCLES), '--seed', '1'],
+                  TORTURE_CYCLES * 10 + 300)
+    m = re.search(r'^torture: .*$', out, re.M)
+    name = m.group(0) if m else 'torture (no result line)'
+    t.record('torture', name, 'pass' if rc == 0 and m else 'fail',
+             time.monotonic() - t0, '' if rc == 0 and m else out[-4000:])
 
 
 # -- checkpatch --------------------------------------------------------------

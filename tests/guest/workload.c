@@ -14,6 +14,7 @@
  *   data --dir D --workers N --files F --size BYTES --bs BLOCK [--seed S]
  *        [--verify-only] [--gen G] [--duration-ms MS]
  *   meta --dir D --workers N --iters K [--seed S] [--require-xattr]
+ *        [--duration-ms MS]    (stop after K iterations or MS ms)
  *   all  --dir D --workers N --files F --size BYTES --bs BLOCK --iters K
  *        [any of the optional data and meta options]
  *   hold --dir D            (commands on stdin, see hold_cmd())
@@ -672,7 +673,7 @@ static void meta_iter(Worker *w, const char *base, unsigned it)
         goto fail;
     }
     if (step(w, "flock", f, NULL, flock(fd, LOCK_EX | LOCK_NB))) {
-        step(w, "funlock", f, NULL, flock(fd, LOCK_UN));
+        step(w, "funlock", f, NULL, flock(fd, LOCK_UN | LOCK_NB));
     }
     close(fd);
 
@@ -701,6 +702,7 @@ static void *meta_worker(void *arg)
 {
     Worker *w = arg;
     char base[PATH_MAX], info[300];
+    int64_t t_start = now_ns();
     struct stat st;
     unsigned it;
     int res;
@@ -717,6 +719,10 @@ static void *meta_worker(void *arg)
         return NULL;
     }
     for (it = 0; it < opts.iters; it++) {
+        if (opts.duration_ms &&
+            (now_ns() - t_start) / 1000000 >= (int64_t)opts.duration_ms) {
+            break;
+        }
         meta_iter(w, base, it);
     }
     res = dir_check(base, NULL, 0, info, sizeof(info));
@@ -817,6 +823,16 @@ static bool parse_u64(const char *s, uint64_t *out, bool suffix)
  *   readdir <key>                      read the rest, log count=<n>
  *   unlink|chdir|stat <name>
  *   statdir <name>                     stat every entry, log count=<n>
+ *   mkdir|rmdir|mkfifo <name>
+ *   rename|link|symlink <from> <to>    (symlink: from is the target)
+ *   truncate <name> <len>
+ *   create <name> <key>                open(O_RDWR|O_CREAT|O_EXCL)
+ *   openrw <name> <key>                open(O_RDWR) an existing file
+ *   setxattrc <name> <attr> <value>    setxattr(XATTR_CREATE)
+ *   removexattr <name> <attr>
+ *   dropcaches                         drop the guest's dentries/inodes
+ *   lock|unlock <key>                  fcntl(F_SETLK) write lock / unlock
+ *                                      of the whole file
  *   setxattr <name> <attr> <value>
  *   getxattr <name> <attr> <expected-value>
  *   sleep <ms>
@@ -837,6 +853,12 @@ static bool hold_cmd(Worker *w, int ac, char **av)
         { "statdir", 1, false },
         { "funlock", 1, true }, { "setxattr", 3, false },
         { "getxattr", 3, false }, { "close", 1, true },
+        { "mkdir", 1, false }, { "rmdir", 1, false }, { "mkfifo", 1, false },
+        { "rename", 2, false }, { "link", 2, false }, { "symlink", 2, false },
+        { "truncate", 2, false }, { "create", 2, false },
+        { "openrw", 2, false }, { "setxattrc", 3, false },
+        { "removexattr", 2, false }, { "dropcaches", 0, false },
+        { "lock", 1, true }, { "unlock", 1, true },
         { "sleep", 1, false }, { "quit", 0, false },
     };
     const char *cmd = av[0];
@@ -922,6 +944,54 @@ static bool hold_cmd(Worker *w, int ac, char **av)
               flock(fd, (!strcmp(cmd, "flock") ? LOCK_EX : LOCK_UN) | LOCK_NB);
         res = res < 0 ? errno : 0;
         wl_log(w, cmd, slot->path, res, "key=%s", slot->key);
+    } else if (!strcmp(cmd, "mkdir") || !strcmp(cmd, "rmdir") ||
+               !strcmp(cmd, "mkfifo")) {
+        step(w, cmd, path, NULL, !strcmp(cmd, "mkdir") ? mkdir(path, 0755) :
+             !strcmp(cmd, "rmdir") ? rmdir(path) : mkfifo(path, 0644));
+    } else if (!strcmp(cmd, "rename") || !strcmp(cmd, "link") ||
+               !strcmp(cmd, "symlink")) {
+        char to[PATH_MAX];
+
+        hold_path(to, av[2]);
+        step(w, cmd, path, to, cmd[0] == 'r' ? rename(path, to) :
+             cmd[0] == 'l' ? link(path, to) : symlink(av[1], to));
+    } else if (!strcmp(cmd, "truncate")) {
+        if (!parse_u64(av[2], &len, false)) {
+            wl_log(w, cmd, path, EINVAL, "reason=usage");
+        } else {
+            step(w, cmd, path, NULL, truncate(path, len));
+        }
+    } else if (!strcmp(cmd, "create") || !strcmp(cmd, "openrw")) {
+        slot = hold_slot(w, cmd, path, av[2]);
+        if (slot) {
+            slot->fd = open(path, cmd[0] == 'c' ?
+                            O_RDWR | O_CREAT | O_EXCL : O_RDWR, 0644);
+            res = slot->fd < 0 ? errno : 0;
+            slot->used = !res;
+            wl_log(w, cmd, path, res, "key=%s", av[2]);
+        }
+    } else if (!strcmp(cmd, "setxattrc")) {
+        res = setxattr(path, av[2], av[3], strlen(av[3]), XATTR_CREATE) < 0 ?
+              errno : 0;
+        wl_log(w, cmd, path, res, "name=%s", av[2]);
+    } else if (!strcmp(cmd, "removexattr")) {
+        res = removexattr(path, av[2]) < 0 ? errno : 0;
+        wl_log(w, cmd, path, res, "name=%s", av[2]);
+    } else if (!strcmp(cmd, "lock") || !strcmp(cmd, "unlock")) {
+        struct flock fl = {
+            .l_type = cmd[0] == 'l' ? F_WRLCK : F_UNLCK,
+            .l_whence = SEEK_SET,
+        };
+
+        res = fcntl(fd, F_SETLK, &fl) < 0 ? errno : 0;
+        wl_log(w, cmd, slot->path, res, "key=%s", slot->key);
+    } else if (!strcmp(cmd, "dropcaches")) {
+        fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
+        res = fd < 0 || write(fd, "2\n", 2) != 2 ? errno : 0;
+        if (fd >= 0) {
+            close(fd);
+        }
+        wl_log(w, cmd, NULL, res, NULL);
     } else if (!strcmp(cmd, "unlink") || !strcmp(cmd, "chdir")) {
         step(w, cmd, path, NULL, cmd[0] == 'u' ? unlink(path) : chdir(path));
     } else if (!strcmp(cmd, "opendir")) {
@@ -1072,7 +1142,8 @@ static void parse_args(int argc, char **argv)
         { "--seed", DA | MA, 'n', &opts.seed, 0, UINT64_MAX },
         { "--verify-only", DA, 'f', &opts.verify_only, 0, 0 },
         { "--gen", DA, 'n', &opts.gen, 0, UINT32_MAX },
-        { "--duration-ms", DA, 'n', &opts.duration_ms, 1, 1000000000000 },
+        { "--duration-ms", DA | MA, 'n', &opts.duration_ms, 1,
+          1000000000000 },
         { "--iters", MA, 'n', &opts.iters, 1, UINT32_MAX },
         { "--require-xattr", MA, 'f', &opts.require_xattr, 0, 0 },
     };

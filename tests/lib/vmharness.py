@@ -90,7 +90,9 @@ class Harness:
         base = workdir or os.environ.get('VIRTIOFS_TEST_WORKDIR')
         if base:
             os.makedirs(base, exist_ok=True)
-        self.dir = tempfile.mkdtemp(prefix=name + '.', dir=base)
+        # Absolute: virtiofsd's sandbox cannot bind-mount a relative source
+        self.dir = os.path.abspath(tempfile.mkdtemp(prefix=name + '.',
+                                                    dir=base))
         self.keep = keep or bool(os.environ.get('VIRTIOFS_TEST_KEEP'))
         self.procs = []
         self.shared = os.path.join(self.dir, 'shared')
@@ -211,7 +213,7 @@ class Harness:
         return self.hold
 
     def start_supervised_virtiofsd(self, state_dir, options=('cache=auto',),
-                                   sup_opts=(), timeout=10):
+                                   sup_opts=(), timeout=10, env=None):
         """virtiofsd -o reconnect,state_dir=state_dir under
         virtiofsd-supervisor; returns the supervisor's Proc (its log has
         the daemon's lines too).  Killed with the harness: the supervisor
@@ -225,7 +227,8 @@ class Harness:
             argv += ['-o', o]
         if os.path.exists(self.sock):
             os.unlink(self.sock)
-        p = Proc('supervisor', argv, os.path.join(self.dir, 'supervisor.log'))
+        p = Proc('supervisor', argv, os.path.join(self.dir, 'supervisor.log'),
+                 env=env)
         self.procs.append(p)
         self.supervisor = p
         deadline = time.monotonic() + timeout

@@ -1,0 +1,224 @@
+"""Crash-point matrix: every non-idempotent FUSE request virtiofsd serves,
+killed at every point of its handling, gives the guest and the host tree
+the same result as one clean run.
+
+virtiofsd runs with -o reconnect under virtiofsd-supervisor and with
+VIRTIOFSD_CRASH_POINTS=1: it dies at the point a file "crash-at" in its
+state directory names ("MKDIR:syscall": opcode and point), once.  Points:
+  before   the intent is recorded, the syscall has not run
+  syscall  the syscall ran, its result is not recorded
+  record   the result is recorded, the reply is not sent
+  reply    the reply is sent
+QEMU keeps the request in the inflight region, the restarted daemon gets
+it again, and must neither run it twice nor lose it.
+
+For each case the guest runs the same commands twice, in two fresh
+directories: once clean, once with the crash armed.  The WL results and a
+snapshot of each directory on the host (names, types, sizes, link counts,
+symlink targets, the xattr user.t) must be equal, and the daemon must
+have died at the armed point and been restored.
+"""
+
+import os
+import re
+import stat
+import time
+import unittest
+
+import vmharness
+
+POINTS = ('before', 'syscall', 'record', 'reply')
+# Creates make the object under a temporary name first ("tmp": made, not
+# yet renamed to its name)
+CPOINTS = ('before', 'tmp', 'syscall', 'record', 'reply')
+
+# opcode, points, host set-up, guest commands ({d}: the case directory,
+# {k}: a key for held files).  The opcode's request must be one of them.
+CASES = [
+    ('MKDIR', CPOINTS, [], ['mkdir {d}/x']),
+    ('RMDIR', POINTS, [('dir', 'x')], ['rmdir {d}/x']),
+    ('UNLINK', POINTS, [('file', 'x')], ['unlink {d}/x']),
+    ('RENAME', POINTS, [('file', 'a'), ('file', 'b')],
+     ['rename {d}/a {d}/b']),
+    ('LINK', POINTS, [('file', 'a')], ['link {d}/a {d}/b']),
+    ('SYMLINK', CPOINTS, [], ['symlink target {d}/s']),
+    ('MKNOD', CPOINTS, [], ['mkfifo {d}/p']),
+    ('CREATE', CPOINTS, [], ['create {d}/c {k}', 'write {k} 0 4096 5',
+                             'close {k}']),
+    ('OPEN', POINTS, [('file', 'a')], ['stat {d}/a', 'openrw {d}/a {k}',
+                                       'write {k} 0 100 3', 'close {k}']),
+    ('RELEASE', POINTS, [('file', 'a')], ['openrw {d}/a {k}', 'close {k}',
+                                          'sleep 300']),
+    ('OPENDIR', POINTS, [('dir', 'x'), ('file', 'x/f')],
+     ['opendir {d}/x {k}', 'readdir {k}', 'close {k}']),
+    ('RELEASEDIR', POINTS, [('dir', 'x')], ['opendir {d}/x {k}',
+                                            'close {k}', 'sleep 300']),
+    ('SETATTR', POINTS, [('file', 'a', 100)], ['truncate {d}/a 10']),
+    ('SETXATTR', POINTS, [('file', 'a')], ['setxattrc {d}/a user.t v']),
+    ('REMOVEXATTR', POINTS, [('file', 'a', 0, 'old')],
+     ['removexattr {d}/a user.t']),
+    # Forgets have no reply and are applied after their record
+    ('BATCH_FORGET', ('record',), [('file', 'f%d' % i) for i in range(8)],
+     ['statdir {d}', 'dropcaches', 'sleep 300']),
+    # EEXIST caused by someone else must still reach the guest.  "!!kind
+    # name" is someone else making the name on the host: in the clean
+    # run before the next command, in the crash run while the daemon is
+    # dead (the supervisor restarts it after 300 ms), after the guest's
+    # request reached it.  Once the create took effect (syscall and
+    # later) nobody else can make the name, so only the earlier points.
+    ('MKDIR', ('before', 'tmp'), [], ['!!dir x', 'mkdir {d}/x'],
+     ['err=EEXIST']),
+    ('CREATE', ('before', 'tmp'), [], ['!!file c', 'create {d}/c {k}'],
+     ['err=EEXIST']),
+    ('SETXATTR', POINTS, [('file', 'a', 0, 'other')],
+     ['setxattrc {d}/a user.t v'], ['err=EEXIST']),
+]
+
+RESTORED = re.compile(r'^state: restored session from ', re.M)
+
+
+def make(root, spec):
+    kind, name = spec[0], spec[1]
+    path = os.path.join(root, name)
+    if kind == 'dir':
+        os.mkdir(path)
+        return
+    with open(path, 'wb') as f:
+        f.write(b'\0' * (spec[2] if len(spec) > 2 else 0))
+    if len(spec) > 3:
+        os.setxattr(path, 'user.t', spec[3].encode())
+
+
+def snapshot(root):
+    """What the host tree holds under root, comparable between cases."""
+    out = []
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            entry = [os.path.relpath(path, root), stat.S_IFMT(st.st_mode),
+                     st.st_nlink]
+            if stat.S_ISREG(st.st_mode):
+                entry.append(st.st_size)
+            if stat.S_ISLNK(st.st_mode):
+                entry.append(os.readlink(path))
+            else:
+                try:
+                    entry.append(os.getxattr(path, 'user.t'))
+                except OSError:
+                    entry.append(None)
+            out.append(tuple(entry))
+    return out
+
+
+class CrashPointsTest(unittest.TestCase):
+
+    def test_matrix(self):
+        with vmharness.Harness('crash-points') as h:
+            state = os.path.join(h.dir, 'state')
+            os.mkdir(state, 0o700)
+            env = dict(os.environ, VIRTIOFSD_CRASH_POINTS='1')
+            sup = h.start_supervised_virtiofsd(
+                state, options=('cache=auto', 'xattr'), env=env,
+                sup_opts=('--restart-delay-ms=300',))
+            hold = h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
+            n = 0
+            failures = []
+            t0 = time.monotonic()
+            only = os.environ.get('CRASH_CASES')
+            for case in CASES:
+                opcode, points, setup, cmds = case[:4]
+                expect = case[4] if len(case) > 4 else None
+                if only and opcode not in only.split(','):
+                    continue
+                for point in points:
+                    n += 1
+                    msg = self.run_case(h, sup, hold, state, n, opcode,
+                                        point, setup, cmds, expect)
+                    if msg:
+                        failures.append('%s:%s: %s' % (opcode, point, msg))
+                        print('functional       crash point ' +
+                              failures[-1], flush=True)
+            print('functional       crash points: %d cases in %.0f s, %d '
+                  'failed' % (n, time.monotonic() - t0, len(failures)),
+                  flush=True)
+            self.assertEqual(failures, [], '\n' + h.log_tail(60))
+
+    def run_guest(self, h, sup, hold, d, key, cmds, crash):
+        out = []
+        later = None
+        for c in cmds:
+            if c.startswith('!!') and crash:
+                later = c[2:].split()
+                continue
+            if c.startswith('!'):
+                make(os.path.join(h.shared, d), c.lstrip('!').split())
+                continue
+            died = sup.output().count('crash point ')
+            seq = hold.send(c.format(d=d, k=key))
+            if later:
+                # Someone else, while the daemon is dead
+                deadline = time.monotonic() + 15
+                while sup.output().count('crash point ') == died:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.005)
+                make(os.path.join(h.shared, d), later)
+                later = None
+            line = hold.wait(seq, timeout=60)
+            out.append((line.op, line.result))
+        return out
+
+    def run_case(self, h, sup, hold, state, n, opcode, point, setup, cmds,
+                 expect):
+        dirs = {}
+        for kind in ('clean', 'crash'):
+            d = 'c%d-%s' % (n, kind)
+            os.mkdir(os.path.join(h.shared, d))
+            for spec in setup:
+                make(os.path.join(h.shared, d), spec)
+            dirs[kind] = d
+
+        clean = self.run_guest(h, sup, hold, dirs['clean'], 'k%dc' % n, cmds,
+                               False)
+        died = sup.output().count('crash point ')
+        restored = len(RESTORED.findall(sup.output()))
+        spec = os.path.join(state, 'crash-at')
+        fd = os.open(spec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # The guest kernel sends one forget alone, more in a batch
+        alt = ',FORGET:%s' % point if opcode == 'BATCH_FORGET' else ''
+        os.write(fd, ('%s:%s%s\n' % (opcode, point, alt)).encode())
+        os.close(fd)
+        crash = self.run_guest(h, sup, hold, dirs['crash'], 'k%dx' % n, cmds,
+                               True)
+
+        deadline = time.monotonic() + 15
+        while (sup.output().count('crash point ') == died or
+               len(RESTORED.findall(sup.output())) == restored):
+            if time.monotonic() > deadline:
+                if os.path.exists(spec):
+                    os.unlink(spec)
+                return 'the daemon did not die at the point and restart'
+            time.sleep(0.02)
+        if not re.search(r'crash point (BATCH_)?%s:%s'
+                         % (opcode.replace('BATCH_', ''), point),
+                         sup.output()):
+            return 'died elsewhere'
+        # The guest goes on after the restart
+        probe = hold.cmd('stat ' + dirs['crash'], timeout=60)
+        if not probe.ok:
+            return 'guest after restart: %s' % probe
+        if crash != clean:
+            return 'guest saw %s, a clean run %s' % (crash, clean)
+        if [r for _, r in clean] != (expect or ['ok'] * len(clean)):
+            return 'the clean run gave %s, expected %s' % (clean, expect)
+        sc = snapshot(os.path.join(h.shared, dirs['clean']))
+        sx = snapshot(os.path.join(h.shared, dirs['crash']))
+        if sc != sx:
+            return 'host tree %s, a clean run %s' % (sx, sc)
+        return None
+
+
+if __name__ == '__main__':
+    unittest.main()

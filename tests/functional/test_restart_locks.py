@@ -1,0 +1,70 @@
+"""POSIX locks across a crash: with -o posix_lock virtiofsd holds a guest's
+fcntl() lock as an OFD lock on an fd of its own; with -o reconnect that fd
+is in the keeper, so the lock outlives the daemon and the restarted daemon
+still releases it when the guest unlocks."""
+
+import errno
+import fcntl
+import os
+import re
+import signal
+import time
+import unittest
+
+import vmharness
+
+RESTORED = re.compile(r'^state: restored session from ', re.M)
+
+
+def host_can_lock(path):
+    """Can another process write-lock the file now?"""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    finally:
+        os.close(fd)
+
+
+class RestartLocksTest(unittest.TestCase):
+
+    def test_posix_lock_survives(self):
+        with vmharness.Harness('restart-locks') as h:
+            state = os.path.join(h.dir, 'state')
+            os.mkdir(state, 0o700)
+            sup = h.start_supervised_virtiofsd(
+                state, options=('cache=auto', 'posix_lock'))
+            hold = h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
+            path = os.path.join(h.shared, 'a')
+            for c in ('open a 1', 'write 1 0 4096 1', 'lock 1'):
+                line = hold.cmd(c)
+                self.assertTrue(line.ok, '%s: %s\n%s' % (c, line,
+                                                         h.log_tail()))
+            self.assertFalse(host_can_lock(path), 'the guest lock is not '
+                             'held on the host')
+
+            os.kill(h.supervised_child_pid(), signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while not RESTORED.search(sup.output()):
+                self.assertLess(time.monotonic(), deadline,
+                                'no restore\n' + h.log_tail())
+                time.sleep(0.02)
+            self.assertFalse(host_can_lock(path), 'the lock was lost in the '
+                             'restart')
+            for c in ('check 1 0 4096 1', 'unlock 1', 'lock 1', 'unlock 1'):
+                line = hold.cmd(c)
+                self.assertTrue(line.ok, '%s: %s\n%s' % (c, line,
+                                                         h.log_tail()))
+            self.assertTrue(host_can_lock(path), 'the restarted daemon did '
+                            'not release the lock')
+            line = hold.cmd('close 1')
+            self.assertTrue(line.ok, line)
+
+
+if __name__ == '__main__':
+    unittest.main()
