@@ -713,6 +713,33 @@ class SupervisorTest(unittest.TestCase):
         self.kill_child(r1['pid'])
         self.check_no_listen_env(self.next_report())
 
+    def test_m_exec_failure_retried(self):
+        """A restart whose exec() fails (the binary being replaced) is
+        tried again; the stored fds are still handed over."""
+        with open(os.path.join(self.state, 'secret.txt'), 'w') as f:
+            f.write('s')
+        prog = os.path.join(self.tmp, 'prog.sh')
+        with open(prog, 'w') as f:
+            f.write('#!/bin/sh\nexec %s -S %s "$@"\n'
+                    % (sys.executable, self.child_py))
+        os.chmod(prog, 0o755)
+        self.log = open(self.log_path, 'wb')
+        self.addCleanup(self.log.close)
+        self.proc = subprocess.Popen(
+            [SUPERVISOR, '--runtime-dir=' + self.rundir, '--', prog, 'store',
+             self.state], stdin=subprocess.DEVNULL, stdout=self.log,
+            stderr=subprocess.STDOUT)
+        r1 = self.next_report()
+        self.wait_ready(r1['pid'])
+        os.chmod(prog, 0o644)
+        self.kill_child(r1['pid'])
+        self.wait_log('cannot execute')
+        os.chmod(prog, 0o755)
+        r2 = self.next_report()
+        self.assertNotEqual(r2['pid'], r1['pid'])
+        self.check_listen_env(r2, ['secret', 'pair', 'pair', 'stored'])
+        self.assertIsNone(self.proc.poll())
+
     def test_k_fd_limit(self):
         self.start('limit', '--fd-limit=5')
         r1 = self.next_report()

@@ -17,6 +17,8 @@
  *        [--duration-ms MS]    (stop after K iterations or MS ms)
  *   all  --dir D --workers N --files F --size BYTES --bs BLOCK --iters K
  *        [any of the optional data and meta options]
+ *   data, meta and all take --stat-dir D2: first stat every entry of D2
+ *   (keeps that many inodes in the session, for benchmarks)
  *   hold --dir D            (commands on stdin, see hold_cmd())
  * BYTES and BLOCK accept a k/m/g suffix (binary units).
  *
@@ -92,6 +94,7 @@ enum { CMD_DATA = 1, CMD_META = 2, CMD_ALL = 4, CMD_HOLD = 8 };
 typedef struct Options {
     int cmd;
     const char *dir;
+    const char *stat_dir;       /* --stat-dir: look every entry up first */
     uint64_t workers, files, iters, seed;
     uint64_t size, bs;          /* bytes */
     uint64_t gen;               /* GEN_AUTO unless --gen */
@@ -1146,6 +1149,7 @@ static void parse_args(int argc, char **argv)
           1000000000000 },
         { "--iters", MA, 'n', &opts.iters, 1, UINT32_MAX },
         { "--require-xattr", MA, 'f', &opts.require_xattr, 0, 0 },
+        { "--stat-dir", DA | MA, 's', &opts.stat_dir, 0, 0 },
     };
     static const char *const cmd_names[] = { "data", "meta", "all", "hold" };
     /* required options of each subcommand, as bits of table[] indexes */
@@ -1256,6 +1260,26 @@ int main(int argc, char **argv)
     if (opts.cmd == CMD_HOLD) {
         run_hold(&hold_w);
         goto summary;
+    }
+
+    if (opts.stat_dir) {
+        /* Keep many inodes alive in the session (benchmarks) */
+        DIR *dir = opendir(opts.stat_dir);
+        struct dirent *de;
+        struct stat st;
+        unsigned long count = 0;
+
+        res = dir ? 0 : errno;
+        while (dir && (de = readdir(dir))) {
+            if (fstatat(dirfd(dir), de->d_name, &st,
+                        AT_SYMLINK_NOFOLLOW) == 0) {
+                count++;
+            }
+        }
+        if (dir) {
+            closedir(dir);
+        }
+        wl_log(&main_w, "statdir", opts.stat_dir, res, "count=%lu", count);
     }
 
     n = opts.cmd == CMD_ALL ? 2 * opts.workers : opts.workers;
