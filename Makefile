@@ -7,7 +7,8 @@
 #                 torture (20 kills), checkpatch
 #
 # Other targets: torture (CYCLES=N, SEED=S: kill virtiofsd N times under
-# guest load), deps qemu build guest export-patches clean distclean help
+# guest load), bench (QUICK=1: smaller; writes docs/benchmarks.md), deps
+# qemu build guest export-patches clean distclean help
 
 SHELL := /bin/bash
 TOP := $(CURDIR)
@@ -18,11 +19,11 @@ PYTHON := /usr/bin/python3
 
 NINJA_TARGETS := all tests/qtest/qos-test tests/unit/test-char
 
-.PHONY: help deps qemu build guest check demo torture export-patches clean \
-        distclean
+.PHONY: help deps qemu build guest check demo torture bench export-patches \
+        clean distclean
 
 help:
-	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
 
 # Debian packages the build and the tests need (apt-get, as root).
 deps:
@@ -63,6 +64,10 @@ CYCLES ?= 100
 SEED ?= 1
 torture: build guest
 	@$(PYTHON) $(TOP)/tests/torture/torture.py --cycles $(CYCLES) --seed $(SEED)
+
+# Stall per restart, steady-state cost, restore scaling: docs/benchmarks.md
+bench: build guest
+	@$(PYTHON) $(TOP)/tests/bench/bench.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(TOP)/build $(QEMU_BUILD)

@@ -15,6 +15,8 @@ pkgs=(
     perl
     # fuzz targets (libFuzzer)
     clang-14 libclang-rt-14-dev
+    # make bench: plots
+    gnuplot-nox
 )
 missing=()
 for p in "${pkgs[@]}"; do

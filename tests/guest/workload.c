@@ -18,7 +18,8 @@
  *   all  --dir D --workers N --files F --size BYTES --bs BLOCK --iters K
  *        [any of the optional data and meta options]
  *   data, meta and all take --stat-dir D2: first stat every entry of D2
- *   (keeps that many inodes in the session, for benchmarks)
+ *   (keeps that many inodes in the session, for benchmarks), and
+ *   --stop-file F: finish the current round once F exists
  *   hold --dir D            (commands on stdin, see hold_cmd())
  * BYTES and BLOCK accept a k/m/g suffix (binary units).
  *
@@ -95,6 +96,7 @@ typedef struct Options {
     int cmd;
     const char *dir;
     const char *stat_dir;       /* --stat-dir: look every entry up first */
+    const char *stop_file;      /* --stop-file: stop once it exists */
     uint64_t workers, files, iters, seed;
     uint64_t size, bs;          /* bytes */
     uint64_t gen;               /* GEN_AUTO unless --gen */
@@ -456,6 +458,12 @@ out:
     return !err && !bad;
 }
 
+/* --stop-file: the host asks the workers to finish */
+static bool stop_requested(void)
+{
+    return opts.stop_file && access(opts.stop_file, F_OK) == 0;
+}
+
 static void *data_worker(void *arg)
 {
     Worker *w = arg;
@@ -483,7 +491,8 @@ static void *data_worker(void *arg)
                           exp, got);
             }
         }
-        if ((now_ns() - t_start) / 1000000 >= (int64_t)opts.duration_ms) {
+        if ((now_ns() - t_start) / 1000000 >= (int64_t)opts.duration_ms ||
+            stop_requested()) {
             break;
         }
     }
@@ -722,8 +731,9 @@ static void *meta_worker(void *arg)
         return NULL;
     }
     for (it = 0; it < opts.iters; it++) {
-        if (opts.duration_ms &&
-            (now_ns() - t_start) / 1000000 >= (int64_t)opts.duration_ms) {
+        if ((opts.duration_ms &&
+             (now_ns() - t_start) / 1000000 >= (int64_t)opts.duration_ms) ||
+            stop_requested()) {
             break;
         }
         meta_iter(w, base, it);
@@ -1150,6 +1160,7 @@ static void parse_args(int argc, char **argv)
         { "--iters", MA, 'n', &opts.iters, 1, UINT32_MAX },
         { "--require-xattr", MA, 'f', &opts.require_xattr, 0, 0 },
         { "--stat-dir", DA | MA, 's', &opts.stat_dir, 0, 0 },
+        { "--stop-file", DA | MA, 's', &opts.stop_file, 0, 0 },
     };
     static const char *const cmd_names[] = { "data", "meta", "all", "hold" };
     /* required options of each subcommand, as bits of table[] indexes */

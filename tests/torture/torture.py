@@ -76,12 +76,14 @@ def run(cycles, seed, keep):
         sup = h.start_supervised_virtiofsd(
             state, options=('cache=auto', 'xattr', 'flock'))
         base_fds = fd_count(sup.pid)
-        # Enough rounds to outlast the kills; the workload stops on its own
-        duration = int(max(20, cycles * 1.0 + 10) * 1000)
+        # The workload runs until the host creates the stop file after the
+        # last kill; the duration is only a bound
+        duration = int((cycles * 5 + 120) * 1000)
+        stop = os.path.join(h.shared, 'stop')
         args = ['all', '--dir', '/mnt/data', '--workers', str(WORKERS),
                 '--files', str(FILES), '--size', str(SIZE), '--bs', str(BS),
-                '--iters', '1000000', '--duration-ms', str(duration),
-                '--seed', str(seed)]
+                '--iters', '100000000', '--duration-ms', str(duration),
+                '--stop-file', '/mnt/stop', '--seed', str(seed)]
         h.start_qemu('wl.run=' + ','.join(args),
                      chardev_opts=',reconnect-ms=10')
         h.wait_console(r'^GUEST MOUNT ok', 120, 'the mount')
@@ -112,8 +114,9 @@ def run(cycles, seed, keep):
                             time.monotonic() - t_start))
         done = cycle
         if not hung:
+            open(stop, 'w').close()
             try:
-                h.wait_console(r'^GUEST DONE rc=\d+', duration / 1000 + 120,
+                h.wait_console(r'^GUEST DONE rc=\d+', 300,
                                'the end of the workload')
             except TimeoutError:
                 hung = 1

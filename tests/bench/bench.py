@@ -1,0 +1,539 @@
+#!/usr/bin/env python3
+"""make bench: what crash recovery costs, measured on this machine.
+
+  stall     SIGKILL of virtiofsd under guest load, with many live inodes,
+            to the guest's next completed request; per restart, broken
+            down by the daemon's log lines (polled every millisecond)
+  cost      virtiofsd CPU per guest operation (all the daemon's threads,
+            and the supervisor's, from /proc/<pid>/task/*/schedstat) for
+            a metadata and a data workload, recovery on against the same
+            tree with recovery off and against the unpatched base
+            virtiofsd; configurations interleaved, median of the rounds
+  restore   restart time and memory against the number of inodes
+
+Writes docs/benchmarks.md and PNG plots (gnuplot) next to it, and ends
+with "bench: stall_p99_ms=X meta_cost_pct=Y data_cost_pct=Z
+restore_us_per_entry=W".  QUICK=1 (--quick) runs a smaller version.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import random
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'lib'))
+import vmharness  # noqa: E402
+
+TOP = vmharness.TOP
+DOCS = os.path.join(TOP, 'docs')
+OUT_MD = os.path.join(DOCS, 'benchmarks.md')
+BASE_SRC = os.path.join(TOP, 'build', 'base-src')
+BASE_BIN = os.path.join(BASE_SRC, 'build', 'tools', 'virtiofsd', 'virtiofsd')
+NOFILE = 1048576
+
+
+def say(msg):
+    print('[bench] ' + msg, flush=True)
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    k = (len(xs) - 1) * p / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+# -- processes ----------------------------------------------------------------
+
+def tree(pid):
+    """pid and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for t in os.listdir('/proc/%d/task' % p):
+                with open('/proc/%d/task/%s/children' % (p, t)) as f:
+                    todo += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_ns(pid):
+    """CPU time of pid's process tree (all threads), in ns."""
+    total = 0
+    for p in tree(pid):
+        try:
+            for t in os.listdir('/proc/%d/task' % p):
+                with open('/proc/%d/task/%s/schedstat' % (p, t)) as f:
+                    total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+def rss_kb(pid):
+    best = 0
+    for p in tree(pid):
+        try:
+            with open('/proc/%d/status' % p) as f:
+                m = re.search(r'^VmRSS:\s+(\d+)', f.read(), re.M)
+            best = max(best, int(m.group(1)) if m else 0)
+        except OSError:
+            pass
+    return best
+
+
+def raise_nofile():
+    """Raise RLIMIT_NOFILE as far as allowed; returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+        return NOFILE
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+
+
+# -- the unpatched daemon -------------------------------------------------------
+
+def build_base(quick):
+    if os.access(BASE_BIN, os.X_OK):
+        return True
+    if quick:
+        say('no base virtiofsd built yet: QUICK compares recovery on/off '
+            'only (run "make bench" once to build it)')
+        return False
+    say('building the unpatched base virtiofsd (tag "base") in '
+        'build/base-src, once')
+    qemu = os.path.join(TOP, 'qemu')
+    if not os.path.isdir(BASE_SRC):
+        subprocess.run(['git', '-C', qemu, 'worktree', 'add', '--detach',
+                        BASE_SRC, 'base'], check=True,
+                       stdout=subprocess.DEVNULL)
+    subprocess.run([os.path.join(TOP, 'configure-wrapper.sh'), BASE_SRC,
+                    os.path.join(BASE_SRC, 'build')], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run([os.path.join(TOP, 'scripts', 'ninja-progress.sh'),
+                    os.path.join(BASE_SRC, 'build'),
+                    'tools/virtiofsd/virtiofsd'], check=True)
+    return os.access(BASE_BIN, os.X_OK)
+
+
+# -- one guest ------------------------------------------------------------------
+
+def start_daemon(h, config, state=None, extra_opts=()):
+    """config: base, off or on.  Returns the Proc whose tree is the daemon
+    (and, for on, its supervisor)."""
+    opts = ('cache=auto', 'xattr', 'flock') + tuple(extra_opts)
+    if config == 'on':
+        return h.start_supervised_virtiofsd(state, options=opts)
+    binary = BASE_BIN if config == 'base' else vmharness.VIRTIOFSD_BIN
+    saved = vmharness.VIRTIOFSD_BIN
+    vmharness.VIRTIOFSD_BIN = binary
+    try:
+        return h.start_virtiofsd(options=opts)
+    finally:
+        vmharness.VIRTIOFSD_BIN = saved
+
+
+def run_workload(config, args, setup=None):
+    """Boot a guest running args against the config's daemon; returns
+    (ops, elapsed_ms, daemon CPU ns during the workload)."""
+    with vmharness.Harness('bench-' + config) as h:
+        os.mkdir(os.path.join(h.shared, 'w'))
+        state = os.path.join(h.dir, 'state')
+        os.mkdir(state, 0o700)
+        d = start_daemon(h, config, state)
+        h.start_qemu('wl.run=' + ','.join(args),
+                     chardev_opts=',reconnect-ms=10')
+        h.wait_console(r'^GUEST MOUNT ok', 120, 'the mount')
+        c0 = cpu_ns(d.pid)
+        last = c0
+        deadline = time.monotonic() + 600
+        while not re.search(r'^GUEST DONE', h.read_console(), re.M):
+            last = cpu_ns(d.pid) or last
+            if time.monotonic() > deadline:
+                raise TimeoutError('workload did not end')
+            time.sleep(0.02)
+        summary, bad = vmharness.parse_workload(h.read_console())
+        if bad or not summary or summary['errors']:
+            raise RuntimeError('workload failed: %s' % bad[:3])
+        ops = summary['ops']
+        if args[0] == 'data':
+            # One guest request per 4 KiB block written or read back
+            ops = (summary['bytes_written'] + summary['bytes_verified']) // 4096
+        return ops, summary['elapsed_ms'], last - c0
+
+
+def cost(quick, have_base):
+    configs = (['base'] if have_base else []) + ['off', 'on']
+    rounds = 1 if quick else 3
+    loads = {
+        'meta': ['meta', '--dir', '/mnt/w', '--workers', '1', '--iters',
+                 '150' if quick else '600'],
+        'data': ['data', '--dir', '/mnt/w', '--workers', '1', '--files',
+                 '1', '--size', '4m' if quick else '16m', '--bs', '4k'],
+    }
+    res = {}
+    for load, args in loads.items():
+        for r in range(rounds):
+            order = configs[r % len(configs):] + configs[:r % len(configs)]
+            for c in order:
+                ops, ms, ns = run_workload(c, args)
+                res.setdefault((load, c), []).append((ops, ms, ns))
+                say('cost %s/%s round %d: %d ops, %.0f ops/s, %.1f us CPU '
+                    'per op' % (load, c, r + 1, ops, ops * 1000.0 / ms,
+                                ns / 1000.0 / ops))
+    table = {}
+    for (load, c), runs in res.items():
+        table[(load, c)] = (
+            statistics.median(o * 1000.0 / m for o, m, _ in runs),
+            statistics.median(n / 1000.0 / o for o, _, n in runs))
+    return configs, table
+
+
+# -- stall --------------------------------------------------------------------
+
+class LogTail:
+    def __init__(self, path):
+        self.path, self.pos, self.text = path, 0, ''
+
+    def read(self):
+        with open(self.path, 'rb') as f:
+            f.seek(self.pos)
+            new = f.read().decode('utf-8', 'replace')
+        self.pos += len(new.encode('utf-8'))
+        self.text += new
+        return self.text
+
+
+def stall(quick):
+    kills = 20 if quick else 100
+    inodes = 2000 if quick else 10000
+    with vmharness.Harness('bench-stall') as h:
+        big = os.path.join(h.shared, 'big')
+        os.mkdir(big)
+        for i in range(inodes):
+            open(os.path.join(big, 'f%06d' % i), 'w').close()
+        os.mkdir(os.path.join(h.shared, 'w'))
+        state = os.path.join(h.dir, 'state')
+        os.mkdir(state, 0o700)
+        sup = h.start_supervised_virtiofsd(
+            state, options=('cache=auto', 'xattr', 'flock'))
+        duration = int((kills * 5 + 120) * 1000)
+        h.start_qemu('wl.run=' + ','.join(
+            ['all', '--dir', '/mnt/w', '--workers', '2', '--files', '2',
+             '--size', '1m', '--bs', '64k', '--iters', '100000000',
+             '--duration-ms', str(duration), '--stat-dir', '/mnt/big',
+             '--stop-file', '/mnt/stop']),
+            chardev_opts=',reconnect-ms=10')
+        h.wait_console(r'^WL main \d+ statdir .* ok', 300, 'the warm-up')
+        log = LogTail(os.path.join(h.dir, 'supervisor.log'))
+        t_start = time.monotonic()
+        series, marks, rows = [], [], []
+        rng = random.Random(7)
+
+        def steps():
+            return len(re.findall(r'^WL [wm]\d+ ', h.read_console(), re.M))
+
+        def sample():
+            series.append((time.monotonic() - t_start, steps()))
+
+        def count(pattern):
+            return len(re.findall(pattern, log.read(), re.M))
+
+        for k in range(kills):
+            until = time.monotonic() + rng.uniform(0.3, 0.8)
+            while time.monotonic() < until:
+                sample()
+                time.sleep(0.1)
+            pid = h.supervised_child_pid()
+            sock_ino = os.stat(h.sock).st_ino
+            n_conn = count(r'Received vhost-user socket connection')
+            n_rest = count(r'^state: restored session')
+            n_start = count(r'fv_queue_set_started: qidx=1 started=1')
+            s0 = steps()
+            t = {'kill': time.monotonic()}
+            os.kill(pid, signal.SIGKILL)
+            marks.append(t['kill'] - t_start)
+            deadline = t['kill'] + 30
+            while 'progress' not in t:
+                now = time.monotonic()
+                if now > deadline:
+                    raise TimeoutError('restart %d did not complete' % k)
+                if 'listen' not in t:
+                    try:
+                        if os.stat(h.sock).st_ino != sock_ino:
+                            t['listen'] = now
+                    except FileNotFoundError:
+                        pass
+                if 'conn' not in t and count(
+                        r'Received vhost-user socket connection') > n_conn:
+                    t['conn'] = now
+                if 'restored' not in t and count(
+                        r'^state: restored session') > n_rest:
+                    t['restored'] = now
+                if 'started' not in t and count(
+                        r'fv_queue_set_started: qidx=1 started=1') > n_start:
+                    t['started'] = now
+                if 'started' in t and steps() > s0:
+                    t['progress'] = now
+                time.sleep(0.001)
+            us = int(re.findall(r'^state: restored session.* in (\d+) us',
+                                log.read(), re.M)[-1])
+            for key in ('listen', 'conn', 'restored'):
+                t.setdefault(key, t['started'])
+            rows.append({
+                'total': (t['progress'] - t['kill']) * 1000,
+                'exec': (t['listen'] - t['kill']) * 1000,
+                'reconnect': (t['conn'] - t['listen']) * 1000,
+                'sandbox+restore': (t['restored'] - t['conn']) * 1000,
+                'restore': us / 1000.0,
+                'handshake': (t['started'] - t['restored']) * 1000,
+                'resubmit+guest': (t['progress'] - t['started']) * 1000,
+            })
+            if (k + 1) % 10 == 0:
+                say('stall: %d/%d restarts, last %.1f ms'
+                    % (k + 1, kills, rows[-1]['total']))
+        for _ in range(20):
+            sample()
+            time.sleep(0.1)
+        open(os.path.join(h.shared, 'stop'), 'w').close()
+        h.wait_console(r'^GUEST DONE rc=\d+', 300, 'the end of the workload')
+        summary, bad = vmharness.parse_workload(h.read_console())
+        ok = not bad and summary and summary['errors'] == 0 and \
+            summary['mismatches'] == 0
+        return rows, series, marks, inodes, ok
+
+
+# -- restore scaling ------------------------------------------------------------
+
+def restore_one(n):
+    with vmharness.Harness('bench-restore-%d' % n) as h:
+        big = os.path.join(h.shared, 'big')
+        os.mkdir(big)
+        for i in range(n):
+            open(os.path.join(big, 'f%07d' % i), 'w').close()
+        state = os.path.join(h.dir, 'state')
+        os.mkdir(state, 0o700)
+        sup = h.start_supervised_virtiofsd(state)
+        hold = h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
+        line = hold.cmd('statdir big', timeout=1200)
+        if not line.ok:
+            raise RuntimeError('statdir failed: %s' % line)
+        rss_before = rss_kb(h.supervised_child_pid())
+        os.kill(h.supervised_child_pid(), signal.SIGKILL)
+        rx = re.compile(r'^state: restored session from \S+: (\d+) inodes.*'
+                        r'\((\d+) fds from the store, (\d+) reopened by '
+                        r'handle, (\d+) stale\) in (\d+) us', re.M)
+        deadline = time.monotonic() + 120
+        while not rx.search(sup.output()):
+            if time.monotonic() > deadline:
+                raise TimeoutError('no restore of %d inodes' % n)
+            time.sleep(0.01)
+        m = rx.search(sup.output())
+        line = hold.cmd('stat big/f0000001', timeout=60)
+        if not line.ok:
+            raise RuntimeError('guest after restore: %s' % line)
+        disk = sum(os.path.getsize(os.path.join(state, f))
+                   for f in os.listdir(state))
+        return {'inodes': int(m.group(1)), 'us': int(m.group(5)),
+                'stale': int(m.group(4)), 'rss_kb': rss_kb(
+                    h.supervised_child_pid()), 'rss_before_kb': rss_before,
+                'state_bytes': disk}
+
+
+def restore(quick, nofile):
+    rows = []
+    # The daemon and the supervisor each hold an fd per inode
+    sizes = [n for n in ([1000, 10000] if quick else [1000, 10000, 100000])
+             if n + 1000 < nofile]
+    if sizes[-1] < (10000 if quick else 100000):
+        sizes.append(int(nofile * 0.9) // 1000 * 1000)
+        say('restore: RLIMIT_NOFILE is %d here (and may not be raised): '
+            'the largest run is %d inodes' % (nofile, sizes[-1]))
+    for n in sizes:
+        say('restore: %d inodes (the guest stats them first)' % n)
+        rows.append(restore_one(n))
+        say('restore: %(inodes)d inodes in %(us)d us, daemon RSS '
+            '%(rss_kb)d kB, state files %(state_bytes)d bytes' % rows[-1])
+    (a, b) = rows[0], rows[-1]
+    per = (b['us'] - a['us']) / float(b['inodes'] - a['inodes'])
+    return rows, per, a['us'] - per * a['inodes']
+
+
+# -- output --------------------------------------------------------------------
+
+def gnuplot(script):
+    subprocess.run(['gnuplot'], input=script.encode(), check=True)
+
+
+def plots(rows, series, marks):
+    dat = os.path.join(TOP, 'build', 'bench')
+    os.makedirs(dat, exist_ok=True)
+    with open(os.path.join(dat, 'stall.dat'), 'w') as f:
+        for r in rows:
+            f.write('%.3f\n' % r['total'])
+    with open(os.path.join(dat, 'throughput.dat'), 'w') as f:
+        prev = None
+        for t, n in series:
+            if prev and t > prev[0]:
+                f.write('%.2f %.1f\n' % (t, (n - prev[1]) / (t - prev[0])))
+            prev = (t, n)
+    with open(os.path.join(dat, 'kills.dat'), 'w') as f:
+        for t in marks:
+            f.write('%.2f\n' % t)
+    gnuplot('''set terminal png size 800,450
+set output '%(docs)s/bench-stall.png'
+set title 'Guest-visible stall per virtiofsd restart (%(n)d SIGKILLs)'
+set xlabel 'stall: SIGKILL to the next completed guest request (ms)'
+set ylabel 'restarts'
+set style fill solid 0.6
+binwidth = 5
+bin(x) = binwidth * floor(x / binwidth) + binwidth / 2.0
+plot '%(dat)s/stall.dat' using (bin($1)):(1.0) smooth freq with boxes notitle
+''' % {'docs': DOCS, 'dat': dat, 'n': len(rows)})
+    gnuplot('''set terminal png size 900,400
+set output '%(docs)s/bench-throughput.png'
+set title 'Guest workload steps per second; red lines: SIGKILL of virtiofsd'
+set xlabel 'time (s)'
+set ylabel 'steps/s'
+set yrange [0:*]
+plot '%(dat)s/throughput.dat' using 1:2 with lines lw 1 title 'guest steps/s', \\
+     '%(dat)s/kills.dat' using 1:(0):(0):(1e9) with vectors nohead lc rgb 'red' \\
+     notitle
+''' % {'docs': DOCS, 'dat': dat})
+
+
+def write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, rrows,
+             per, fixed, closing):
+    cpu = ''
+    with open('/proc/cpuinfo') as f:
+        m = re.search(r'^model name\s*:\s*(.*)$', f.read(), re.M)
+        cpu = m.group(1) if m else '?'
+    qemu = subprocess.run([vmharness.QEMU_BIN, '--version'],
+                          stdout=subprocess.PIPE).stdout.decode().split('\n')[0]
+    L = []
+    L.append('# Benchmarks: what virtiofsd crash recovery costs\n')
+    L.append('Generated by `make bench%s` on %s, in %.0f s.  Do not edit: '
+             'run it again.\n' % (' QUICK=1' if args.quick else '',
+                                  datetime.datetime.now().strftime(
+                                      '%Y-%m-%d %H:%M'), time.time() - t0))
+    L.append('- Machine: %d CPUs (%s), %s, kernel %s' % (
+        os.cpu_count(), cpu, platform.machine(), platform.release()))
+    L.append('- %s; guest: Debian 6.1 kernel under %s, 2 vCPUs, 512 MiB' % (
+        qemu, 'KVM' if vmharness.kvm_usable() else 'TCG'))
+    L.append('- Command: `make bench%s` (`tests/bench/bench.py`)\n' % (
+        ' QUICK=1' if args.quick else ''))
+    L.append('## Guest-visible stall per restart\n')
+    L.append('%d SIGKILLs of virtiofsd (under virtiofsd-supervisor, '
+             '`-o reconnect`) while the guest runs 2 data writers and 2 '
+             'metadata workers, with %d inodes looked up beforehand '
+             '(`--stat-dir`); QEMU `reconnect-ms=10`.  Stall: from SIGKILL '
+             'to the next completed guest workload step.  The parts come '
+             'from polling (1 ms) the socket and the daemon\'s log lines; '
+             '"restore" is the daemon\'s own figure inside "sandbox+'
+             'restore".  Workload result after all restarts: %s.\n'
+             % (len(stall_rows), inodes,
+                'no error, every block verified' if stall_ok else 'FAILED'))
+    L.append('| part | p50 ms | p99 ms | max ms |')
+    L.append('| --- | --- | --- | --- |')
+    for key in ('total', 'exec', 'reconnect', 'sandbox+restore', 'restore',
+                'handshake', 'resubmit+guest'):
+        xs = [r[key] for r in stall_rows]
+        L.append('| %s | %.1f | %.1f | %.1f |' % (
+            key, percentile(xs, 50), percentile(xs, 99), max(xs)))
+    L.append('\n![stall histogram](bench-stall.png)\n')
+    L.append('![guest throughput with the kills](bench-throughput.png)\n')
+    L.append('## Steady-state cost\n')
+    L.append('virtiofsd CPU per guest operation (all threads of the daemon '
+             'and, with recovery, of the supervisor; from schedstat) and '
+             'the guest\'s operations per second, median of %d interleaved '
+             'rounds.  meta: `workload meta` (create, mkdir, rename, link, '
+             'symlink, readlink, stat, xattrs, flock, readdir, unlink, '
+             'rmdir); data: `workload data --bs 4k` (sequential 4 KiB '
+             'writes, fsync, 4 KiB verifying reads).  base: the unpatched '
+             'QEMU 7.2 virtiofsd; off: this series\' virtiofsd without '
+             '`-o reconnect`; on: with it, under the supervisor.  '
+             'Instruction counts are not available here (no PMU in this '
+             'VM: `perf stat -e instructions` is not supported), so CPU '
+             'time is compared as ratios within one run.\n'
+             % (1 if args.quick else 3))
+    L.append('| workload | config | guest ops/s | daemon CPU us/op | vs off '
+             '| vs base |')
+    L.append('| --- | --- | --- | --- | --- | --- |')
+    for load in ('meta', 'data'):
+        for c in configs:
+            ops, us = table[(load, c)]
+            off = table[(load, 'off')][1]
+            base = table.get((load, 'base'), (0, 0))[1]
+            L.append('| %s | %s | %.0f | %.2f | %+.1f %% | %s |' % (
+                load, c, ops, us, (us / off - 1) * 100,
+                '%+.1f %%' % ((us / base - 1) * 100) if base else '-'))
+    L.append('\n## Restore scaling\n')
+    L.append('The guest stats N files (the session then holds N + 2 '
+             'inodes), virtiofsd is killed and restarted; "restore" is the '
+             'daemon\'s time to rebuild its maps and take its fds back.  '
+             'RLIMIT_NOFILE here: %d (the daemon and the supervisor each '
+             'hold one fd per inode, and this host does not let root raise '
+             'the hard limit); 1M inodes were not run: that needs the limit '
+             'raised and minutes of TCG guest time and about 1 GiB of guest '
+             'memory; the fit below extrapolates.\n' % args.nofile)
+    L.append('| inodes | restore ms | us/inode | daemon RSS kB | state '
+             'files bytes |')
+    L.append('| --- | --- | --- | --- | --- |')
+    for r in rrows:
+        L.append('| %d | %.1f | %.2f | %d | %d |' % (
+            r['inodes'], r['us'] / 1000.0, r['us'] / float(r['inodes']),
+            r['rss_kb'], r['state_bytes']))
+    L.append('\nLinear fit: %.0f us + %.2f us per inode (1M inodes: about '
+             '%.1f s).\n' % (fixed, per, (fixed + per * 1e6) / 1e6))
+    L.append('```\n%s\n```\n' % closing)
+    with open(OUT_MD, 'w') as f:
+        f.write('\n'.join(L))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--quick', action='store_true')
+    args = ap.parse_args()
+    os.environ.setdefault('VIRTIOFS_TEST_WORKDIR',
+                          os.path.join(TOP, 'build', 'results', 'work'))
+    nofile = raise_nofile()
+    t0 = time.time()
+    have_base = build_base(args.quick)
+    say('stall under load')
+    stall_rows, series, marks, inodes, stall_ok = stall(args.quick)
+    say('steady-state cost')
+    configs, table = cost(args.quick, have_base)
+    say('restore scaling')
+    rrows, per, fixed = restore(args.quick, nofile)
+    plots(stall_rows, series, marks)
+    ref = 'base' if have_base else 'off'
+    closing = ('bench: stall_p99_ms=%.1f meta_cost_pct=%.1f '
+               'data_cost_pct=%.1f restore_us_per_entry=%.2f' % (
+                   percentile([r['total'] for r in stall_rows], 99),
+                   (table[('meta', 'on')][1] / table[('meta', ref)][1] - 1)
+                   * 100,
+                   (table[('data', 'on')][1] / table[('data', ref)][1] - 1)
+                   * 100, per))
+    args.nofile = nofile
+    write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, rrows,
+             per, fixed, closing)
+    say('wrote %s' % os.path.relpath(OUT_MD, TOP))
+    print(closing, flush=True)
+    return 0 if stall_ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
