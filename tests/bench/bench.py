@@ -117,8 +117,8 @@ def build_base(quick):
         'build/base-src, once')
     qemu = os.path.join(TOP, 'qemu')
     if not os.path.isdir(BASE_SRC):
-        subprocess.run(['git', '-C', qemu, 'worktree', 'add', '--detach',
-                        BASE_SRC, 'base'], check=True,
+        subprocess.run(['git', '-C', qemu, 'worktree', 'add', '-q',
+                        '--detach', BASE_SRC, 'base'], check=True,
                        stdout=subprocess.DEVNULL)
     subprocess.run([os.path.join(TOP, 'configure-wrapper.sh'), BASE_SRC,
                     os.path.join(BASE_SRC, 'build')], check=True,

@@ -263,12 +263,15 @@ class Harness:
         rx = re.compile(pattern, re.M)
         deadline = time.monotonic() + timeout
         while True:
+            # Whether QEMU is gone is read first: what it printed before
+            # exiting is then in the console file read next
+            dead = self.qemu is not None and not self.qemu.alive()
             text = self.read_console()
             m = rx.search(text, self._console_pos)
             if m:
                 self._console_pos = m.end()
                 return m
-            if self.qemu is not None and not self.qemu.alive():
+            if dead:
                 raise RuntimeError('QEMU exited (%s) before the guest printed %s\n%s'
                                    % (self.qemu.popen.returncode, what or pattern,
                                       self.log_tail()))
