@@ -418,19 +418,22 @@ set xlabel 'stall: SIGKILL to the next completed guest request (ms)'
 set ylabel 'restarts'
 set style fill solid 0.6
 binwidth = 5
+set boxwidth binwidth
 bin(x) = binwidth * floor(x / binwidth) + binwidth / 2.0
 plot '%(dat)s/stall.dat' using (bin($1)):(1.0) smooth freq with boxes notitle
 ''' % {'docs': DOCS, 'dat': dat, 'n': len(rows)})
+    arrows = ''.join("set arrow from %.2f, graph 0 to %.2f, graph 1 nohead "
+                     "lc rgb 'red' lw 0.5\n" % (t, t) for t in marks)
     gnuplot('''set terminal png size 900,400
 set output '%(docs)s/bench-throughput.png'
 set title 'Guest workload steps per second; red lines: SIGKILL of virtiofsd'
 set xlabel 'time (s)'
 set ylabel 'steps/s'
 set yrange [0:*]
-plot '%(dat)s/throughput.dat' using 1:2 with lines lw 1 title 'guest steps/s', \\
-     '%(dat)s/kills.dat' using 1:(0):(0):(1e9) with vectors nohead lc rgb 'red' \\
-     notitle
-''' % {'docs': DOCS, 'dat': dat})
+%(arrows)s
+plot '%(dat)s/throughput.dat' using 1:2 with lines lw 1.5 lc rgb 'blue' \\
+     title 'guest steps/s'
+''' % {'docs': DOCS, 'dat': dat, 'arrows': arrows})
 
 
 def write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, rrows,
