@@ -53,25 +53,10 @@ def percentile(xs, p):
 
 # -- processes ----------------------------------------------------------------
 
-def tree(pid):
-    """pid and all its descendants."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for t in os.listdir('/proc/%d/task' % p):
-                with open('/proc/%d/task/%s/children' % (p, t)) as f:
-                    todo += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-    return out
-
-
 def cpu_ns(pid):
     """CPU time of pid's process tree (all threads), in ns."""
     total = 0
-    for p in tree(pid):
+    for p in vmharness.process_tree(pid):
         try:
             for t in os.listdir('/proc/%d/task' % p):
                 with open('/proc/%d/task/%s/schedstat' % (p, t)) as f:
@@ -83,7 +68,7 @@ def cpu_ns(pid):
 
 def rss_kb(pid):
     best = 0
-    for p in tree(pid):
+    for p in vmharness.process_tree(pid):
         try:
             with open('/proc/%d/status' % p) as f:
                 m = re.search(r'^VmRSS:\s+(\d+)', f.read(), re.M)

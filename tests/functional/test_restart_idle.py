@@ -34,6 +34,7 @@ import time
 import unittest
 
 import vmharness
+from vmharness import children, process_tree, wait_until
 
 SUPERVISOR = os.environ.get('SUPERVISOR',
                             os.path.join(vmharness.QEMU_BUILD, 'tools',
@@ -80,32 +81,6 @@ def hold_pattern(off, length, seed):
     return words[off & 7:(off & 7) + length]
 
 
-def children(pid):
-    """The pids of pid's children (of every thread of pid)."""
-    res = []
-    try:
-        tasks = os.listdir('/proc/%d/task' % pid)
-    except OSError:
-        return res
-    for tid in tasks:
-        try:
-            with open('/proc/%d/task/%s/children' % (pid, tid)) as f:
-                res += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return res
-
-
-def process_tree(pid):
-    """pid and all its descendants, parents before children."""
-    tree = [pid]
-    i = 0
-    while i < len(tree):
-        tree += [c for c in children(tree[i]) if c not in tree]
-        i += 1
-    return tree
-
-
 def pid_alive(pid):
     """True if pid exists and is not a zombie."""
     try:
@@ -149,17 +124,6 @@ def host_flock(path):
         return e.errno
     finally:
         os.close(fd)
-
-
-def wait_until(pred, what, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        res = pred()
-        if res:
-            return res
-        if time.monotonic() > deadline:
-            raise TimeoutError('%s: not within %.0f s' % (what, timeout))
-        time.sleep(interval)
 
 
 def make_state_dir(path, mode=0o700):

@@ -8,7 +8,6 @@ import fcntl
 import os
 import re
 import signal
-import time
 import unittest
 
 import vmharness
@@ -49,11 +48,7 @@ class RestartLocksTest(unittest.TestCase):
                              'held on the host')
 
             os.kill(h.supervised_child_pid(), signal.SIGKILL)
-            deadline = time.monotonic() + 30
-            while not RESTORED.search(sup.output()):
-                self.assertLess(time.monotonic(), deadline,
-                                'no restore\n' + h.log_tail())
-                time.sleep(0.02)
+            vmharness.wait_output(sup, RESTORED, 30, 'the restore')
             self.assertFalse(host_can_lock(path), 'the lock was lost in the '
                              'restart')
             for c in ('check 1 0 4096 1', 'unlock 1', 'lock 1', 'unlock 1'):

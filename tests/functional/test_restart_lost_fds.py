@@ -10,7 +10,6 @@ few fds virtiofsd stores and closes the rest.
 import os
 import re
 import signal
-import time
 import unittest
 
 import vmharness
@@ -51,12 +50,7 @@ class RestartLostFdsTest(unittest.TestCase):
                 f.write('a different file\n')
 
             os.kill(h.supervised_child_pid(), signal.SIGKILL)
-            deadline = time.monotonic() + 30
-            while not RESTORED.search(sup.output()):
-                self.assertLess(time.monotonic(), deadline,
-                                'no restore\n' + h.log_tail())
-                time.sleep(0.02)
-            m = RESTORED.search(sup.output())
+            m = vmharness.wait_output(sup, RESTORED, 30, 'the restore')
             inodes, files, dirs, kept, reopened, stale = map(int, m.groups())
             self.assertGreater(reopened, 0, m.group(0))
             self.assertEqual(kept, 4, m.group(0))

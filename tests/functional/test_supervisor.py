@@ -330,15 +330,7 @@ else:  # 'sleep' and 'latency'
 
 
 def wait_until(pred, what, timeout=WAIT, interval=0.002):
-    deadline = time.monotonic() + timeout
-    while True:
-        res = pred()
-        if res:
-            return res
-        if time.monotonic() > deadline:
-            raise AssertionError('timed out after %.1f s waiting for %s'
-                                 % (timeout, what))
-        time.sleep(interval)
+    return vmharness.wait_until(pred, what, timeout, interval)
 
 
 def pid_alive(pid):

@@ -32,6 +32,53 @@ def kvm_usable():
     return os.environ.get('VIRTIOFS_TEST_ACCEL') == 'kvm'
 
 
+def children(pid):
+    """The pids of pid's children (of every thread of pid)."""
+    res = []
+    try:
+        tasks = os.listdir('/proc/%d/task' % pid)
+    except OSError:
+        return res
+    for tid in tasks:
+        try:
+            with open('/proc/%d/task/%s/children' % (pid, tid)) as f:
+                res += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return res
+
+
+def process_tree(pid):
+    """pid and all its descendants, parents before children."""
+    tree = [pid]
+    i = 0
+    while i < len(tree):
+        tree += [c for c in children(tree[i]) if c not in tree]
+        i += 1
+    return tree
+
+
+def wait_until(pred, what, timeout, interval=0.05):
+    """Poll pred until it returns something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = pred()
+        if res:
+            return res
+        if time.monotonic() > deadline:
+            raise TimeoutError('%s: not within %.0f s' % (what, timeout))
+        time.sleep(interval)
+
+
+def wait_output(proc, pattern, timeout, what=None):
+    """Wait for a line of proc's log matching pattern; return the match."""
+    if not hasattr(pattern, 'search'):
+        pattern = re.compile(pattern, re.M)
+    rx = pattern
+    return wait_until(lambda: rx.search(proc.output()), what or rx.pattern,
+                      timeout, 0.01)
+
+
 class Proc:
     """A child process in its own session, killed by pid on close."""
 
@@ -241,12 +288,10 @@ class Harness:
 
     def supervised_child_pid(self):
         """The pid of the daemon the supervisor runs now."""
-        pid = self.supervisor.pid
-        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
-            kids = f.read().split()
+        kids = children(self.supervisor.pid)
         if not kids:
             raise RuntimeError('the supervisor runs no daemon')
-        return int(kids[0])
+        return kids[0]
 
     # -- the guest console ------------------------------------------------
 
