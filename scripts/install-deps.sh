@@ -15,8 +15,8 @@ pkgs=(
     perl
     # fuzz targets (libFuzzer)
     clang-14 libclang-rt-14-dev
-    # make bench: plots
-    gnuplot-nox
+    # make bench: plots, and syscalls per operation
+    gnuplot-nox strace
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -131,14 +131,55 @@ def start_daemon(h, config, state=None, extra_opts=()):
         vmharness.VIRTIOFSD_BIN = saved
 
 
-def run_workload(config, args, setup=None):
+def strace_tree(h, pid):
+    """strace -c -f the process tree of pid; returns (Popen, output path).
+    Stopped with SIGINT, it writes its per-syscall counts."""
+    out = os.path.join(h.dir, 'strace.txt')
+    argv = ['strace', '-c', '-f', '-o', out]
+    for p in vmharness.process_tree(pid):
+        argv += ['-p', str(p)]
+    st = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    # strace is attached once the tracees show a tracer
+    vmharness.wait_until(
+        lambda: all(tracer_pid(p) for p in vmharness.process_tree(pid)),
+        'strace attached', 10, 0.01)
+    return st, out
+
+
+def tracer_pid(pid):
+    try:
+        with open('/proc/%d/status' % pid) as f:
+            return int(re.search(r'^TracerPid:\s+(\d+)', f.read(),
+                                 re.M).group(1))
+    except OSError:
+        return 1
+
+
+def strace_counts(st, out):
+    """Stop strace; return {syscall: calls}."""
+    st.send_signal(signal.SIGINT)
+    st.wait(30)
+    counts = {}
+    with open(out) as f:
+        for line in f:
+            m = re.match(r'\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?'
+                         r'(\w+)$', line)
+            if m and m.group(2) != 'total':
+                counts[m.group(2)] = int(m.group(1))
+    return counts
+
+
+def run_workload(config, args, count_syscalls=False):
     """Boot a guest running args against the config's daemon; returns
-    (ops, elapsed_ms, daemon CPU ns during the workload)."""
+    (ops, elapsed_ms, daemon CPU ns during the workload, {syscall: calls}
+    if count_syscalls)."""
     with vmharness.Harness('bench-' + config) as h:
         os.mkdir(os.path.join(h.shared, 'w'))
         state = os.path.join(h.dir, 'state')
         os.mkdir(state, 0o700)
         d = start_daemon(h, config, state)
+        st = strace_tree(h, d.pid) if count_syscalls else None
         h.start_qemu('wl.run=' + ','.join(args),
                      chardev_opts=',reconnect-ms=10')
         h.wait_console(r'^GUEST MOUNT ok', 120, 'the mount')
@@ -157,7 +198,8 @@ def run_workload(config, args, setup=None):
         if args[0] == 'data':
             # One guest request per 4 KiB block written or read back
             ops = (summary['bytes_written'] + summary['bytes_verified']) // 4096
-        return ops, summary['elapsed_ms'], last - c0
+        counts = strace_counts(*st) if st else None
+        return ops, summary['elapsed_ms'], last - c0, counts
 
 
 def cost(quick, have_base):
@@ -170,21 +212,30 @@ def cost(quick, have_base):
                  '1', '--size', '4m' if quick else '16m', '--bs', '4k'],
     }
     res = {}
+    calls = {}
     for load, args in loads.items():
         for r in range(rounds):
             order = configs[r % len(configs):] + configs[:r % len(configs)]
             for c in order:
-                ops, ms, ns = run_workload(c, args)
+                ops, ms, ns, _ = run_workload(c, args)
                 res.setdefault((load, c), []).append((ops, ms, ns))
                 say('cost %s/%s round %d: %d ops, %.0f ops/s, %.1f us CPU '
                     'per op' % (load, c, r + 1, ops, ops * 1000.0 / ms,
                                 ns / 1000.0 / ops))
+        if quick:
+            continue
+        # Syscalls per operation: exact, unlike the CPU time on this VM
+        for c in configs:
+            ops, _, _, counts = run_workload(c, args, count_syscalls=True)
+            calls[(load, c)] = {k: v / float(ops) for k, v in counts.items()}
+            say('syscalls %s/%s: %.2f per op' % (
+                load, c, sum(calls[(load, c)].values())))
     table = {}
     for (load, c), runs in res.items():
         table[(load, c)] = (
             statistics.median(o * 1000.0 / m for o, m, _ in runs),
             statistics.median(n / 1000.0 / o for o, _, n in runs))
-    return configs, table
+    return configs, table, calls
 
 
 # -- stall --------------------------------------------------------------------
@@ -351,28 +402,43 @@ def restore_one(n):
         disk = sum(os.path.getsize(os.path.join(state, f))
                    for f in os.listdir(state))
         return {'inodes': int(m.group(1)), 'us': int(m.group(5)),
+                'kept': int(m.group(2)), 'by_handle': int(m.group(3)),
                 'stale': int(m.group(4)), 'rss_kb': rss_kb(
                     h.supervised_child_pid()), 'rss_before_kb': rss_before,
                 'state_bytes': disk}
 
 
+# What LISTEN_FDNAMES can name: execve() takes no environment string over
+# 128 KiB (MAX_ARG_STRLEN), and "ino-12345:" is 10 bytes.  Beyond it the
+# keeper closes the fds it cannot name and the restore opens those inodes
+# by handle.
+NAMES_LIMIT = 13000
+
+
 def restore(quick, nofile):
+    """Restore time against the number of inodes.  Returns the rows, and
+    the least-squares fit (us per inode, fixed us) over the runs whose fds
+    all came from the keeper."""
     rows = []
     # The daemon and the supervisor each hold an fd per inode
-    sizes = [n for n in ([1000, 10000] if quick else [1000, 10000, 100000])
+    sizes = [n for n in ([1000, 10000] if quick
+                         else [1000, 5000, 10000, NAMES_LIMIT])
              if n + 1000 < nofile]
-    if sizes[-1] < (10000 if quick else 100000):
-        sizes.append(int(nofile * 0.9) // 1000 * 1000)
-        say('restore: RLIMIT_NOFILE is %d here (and may not be raised): '
-            'the largest run is %d inodes' % (nofile, sizes[-1]))
+    beyond = int(nofile * 0.9) // 1000 * 1000
+    if not quick and beyond > NAMES_LIMIT:
+        sizes.append(beyond)
     for n in sizes:
         say('restore: %d inodes (the guest stats them first)' % n)
         rows.append(restore_one(n))
-        say('restore: %(inodes)d inodes in %(us)d us, daemon RSS '
-            '%(rss_kb)d kB, state files %(state_bytes)d bytes' % rows[-1])
-    (a, b) = rows[0], rows[-1]
-    per = (b['us'] - a['us']) / float(b['inodes'] - a['inodes'])
-    return rows, per, a['us'] - per * a['inodes']
+        say('restore: %(inodes)d inodes in %(us)d us (%(kept)d fds from the '
+            'keeper, %(by_handle)d by handle), daemon RSS %(rss_kb)d kB, '
+            'state files %(state_bytes)d bytes' % rows[-1])
+    fit = [r for r in rows if not r['by_handle']]
+    mx = statistics.mean(r['inodes'] for r in fit)
+    my = statistics.mean(r['us'] for r in fit)
+    per = (sum((r['inodes'] - mx) * (r['us'] - my) for r in fit) /
+           sum((r['inodes'] - mx) ** 2 for r in fit))
+    return rows, per, my - per * mx
 
 
 # -- output --------------------------------------------------------------------
@@ -421,8 +487,36 @@ plot '%(dat)s/throughput.dat' using 1:2 with lines lw 1.5 lc rgb 'blue' \\
 ''' % {'docs': DOCS, 'dat': dat, 'arrows': arrows})
 
 
-def write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, rrows,
-             per, fixed, closing):
+def syscall_table(L, configs, calls):
+    """Syscalls per operation: totals, and the calls recovery adds."""
+    ref = 'base' if 'base' in configs else 'off'
+    L.append('\nSystem calls per guest operation, counted with `strace -c '
+             '-f` on the daemon\'s process tree (and the supervisor\'s) in '
+             'one more run of each configuration; they include the '
+             'start-up and the guest\'s mount, a few hundred calls in all.  '
+             'The calls below are the ones whose count per operation '
+             'differs by 0.05 or more between "on" and "%s".\n' % ref)
+    for load in ('meta', 'data'):
+        if (load, 'on') not in calls:
+            continue
+        on, other = calls[(load, 'on')], calls[(load, ref)]
+        L.append('%s: %s.\n' % (load, ', '.join(
+            '%s %.2f' % (c, sum(calls[(load, c)].values()))
+            for c in configs)))
+        L.append('| syscall | %s | on | on - %s |' % (ref, ref))
+        L.append('| --- | --- | --- | --- |')
+        names = sorted(set(on) | set(other),
+                       key=lambda k: -abs(on.get(k, 0) - other.get(k, 0)))
+        for k in names:
+            d = on.get(k, 0) - other.get(k, 0)
+            if abs(d) >= 0.05:
+                L.append('| %s | %.2f | %.2f | %+.2f |' % (
+                    k, other.get(k, 0), on.get(k, 0), d))
+        L.append('')
+
+
+def write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, calls,
+             rrows, per, fixed, closing):
     cpu = ''
     with open('/proc/cpuinfo') as f:
         m = re.search(r'^model name\s*:\s*(.*)$', f.read(), re.M)
@@ -471,9 +565,13 @@ def write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, rrows,
              'writes, fsync, 4 KiB verifying reads).  base: the unpatched '
              'QEMU 7.2 virtiofsd; off: this series\' virtiofsd without '
              '`-o reconnect`; on: with it, under the supervisor.  '
-             'Instruction counts are not available here (no PMU in this '
-             'VM: `perf stat -e instructions` is not supported), so CPU '
-             'time is compared as ratios within one run.\n'
+             'Instruction counts are not available here: there is no PMU '
+             'in this VM (`perf stat -e instructions` is not supported), '
+             'and valgrind cannot run the daemon (it does not implement '
+             'seccomp(2), and the sandbox hides its output file).  So CPU '
+             'time is compared as ratios within one run, and the exact '
+             'measure is the number of system calls per operation (next '
+             'table).\n'
              % (1 if args.quick else 3))
     L.append('| workload | config | guest ops/s | daemon CPU us/op | vs off '
              '| vs base |')
@@ -486,6 +584,7 @@ def write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, rrows,
             L.append('| %s | %s | %.0f | %.2f | %+.1f %% | %s |' % (
                 load, c, ops, us, (us / off - 1) * 100,
                 '%+.1f %%' % ((us / base - 1) * 100) if base else '-'))
+    syscall_table(L, configs, calls)
     L.append('\n## Restore scaling\n')
     L.append('The guest stats N files (the session then holds N + 2 '
              'inodes), virtiofsd is killed and restarted; "restore" is the '
@@ -494,16 +593,22 @@ def write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, rrows,
              'hold one fd per inode, and this host does not let root raise '
              'the hard limit); 1M inodes were not run: that needs the limit '
              'raised and minutes of TCG guest time and about 1 GiB of guest '
-             'memory; the fit below extrapolates.\n' % args.nofile)
-    L.append('| inodes | restore ms | us/inode | daemon RSS kB | state '
-             'files bytes |')
-    L.append('| --- | --- | --- | --- | --- |')
+             'memory; the fit below extrapolates.  The fd keeper can pass '
+             'back only as many fds as LISTEN_FDNAMES can name: execve() '
+             'takes no environment string over 128 KiB, about %d names of '
+             'the form `ino-12345`.  Past that the keeper closes the fds '
+             'it cannot name and those inodes are opened by handle (about '
+             '2.5 us each here); the fit leaves such runs out.\n'
+             % (args.nofile, NAMES_LIMIT + 1000))
+    L.append('| inodes | from the keeper | by handle | restore ms | '
+             'us/inode | daemon RSS kB | state files bytes |')
+    L.append('| --- | --- | --- | --- | --- | --- | --- |')
     for r in rrows:
-        L.append('| %d | %.1f | %.2f | %d | %d |' % (
-            r['inodes'], r['us'] / 1000.0, r['us'] / float(r['inodes']),
-            r['rss_kb'], r['state_bytes']))
-    L.append('\nLinear fit: %.0f us + %.2f us per inode (1M inodes: about '
-             '%.1f s).\n' % (fixed, per, (fixed + per * 1e6) / 1e6))
+        L.append('| %d | %d | %d | %.1f | %.2f | %d | %d |' % (
+            r['inodes'], r['kept'], r['by_handle'], r['us'] / 1000.0,
+            r['us'] / float(r['inodes']), r['rss_kb'], r['state_bytes']))
+    L.append('\nLinear fit over the runs with every fd from the keeper: '
+             '%.0f us + %.2f us per inode.\n' % (fixed, per))
     L.append('```\n%s\n```\n' % closing)
     with open(OUT_MD, 'w') as f:
         f.write('\n'.join(L))
@@ -521,7 +626,7 @@ def main():
     say('stall under load')
     stall_rows, series, marks, inodes, stall_ok = stall(args.quick)
     say('steady-state cost')
-    configs, table = cost(args.quick, have_base)
+    configs, table, calls = cost(args.quick, have_base)
     say('restore scaling')
     rrows, per, fixed = restore(args.quick, nofile)
     plots(stall_rows, series, marks)
@@ -534,8 +639,8 @@ def main():
                    (table[('data', 'on')][1] / table[('data', ref)][1] - 1)
                    * 100, per))
     args.nofile = nofile
-    write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, rrows,
-             per, fixed, closing)
+    write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, calls,
+             rrows, per, fixed, closing)
     say('wrote %s' % os.path.relpath(OUT_MD, TOP))
     print(closing, flush=True)
     return 0 if stall_ok else 1

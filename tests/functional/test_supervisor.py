@@ -205,6 +205,21 @@ elif MODE == 'remove':
     notify('READY=1')
     sleep_forever()
 
+elif MODE == 'shuffle':
+    report()
+    if not names:
+        for k in range(6):
+            fd = memfd('s%d' % k)
+            notify('FDSTORE=1\nFDNAME=s%d' % k, [fd])
+            os.close(fd)
+        notify('FDSTOREREMOVE=1\nFDNAME=s1')
+        notify('FDSTOREREMOVE=1\nFDNAME=s3')
+        fd = memfd('s6')
+        notify('FDSTORE=1\nFDNAME=s6', [fd])
+        os.close(fd)
+    notify('READY=1')
+    sleep_forever()
+
 elif MODE == 'nostore':
     report()
     wait_go()
@@ -390,7 +405,7 @@ class SupervisorTest(unittest.TestCase):
 
     # Helpers
 
-    def start(self, mode, *options):
+    def start(self, mode, *options, pass_fds=()):
         args = [SUPERVISOR, '--runtime-dir=' + self.rundir]
         args += list(options)
         args += ['--', sys.executable, '-S', self.child_py, mode, self.state]
@@ -398,7 +413,8 @@ class SupervisorTest(unittest.TestCase):
         self.addCleanup(self.log.close)
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                      stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT,
+                                     pass_fds=pass_fds)
 
     def log_text(self):
         with open(self.log_path, 'rb') as f:
@@ -523,6 +539,35 @@ class SupervisorTest(unittest.TestCase):
         self.check_listen_env(r3, ['alpha'])
         self.assertEqual(r3['fds'][0]['content'], 'alpha')
         self.assertIn('holding 1 fds', self.log_text())
+
+    def check_shuffle(self, pass_fds=()):
+        """Removals in the middle of the store: the rest keep their
+        names and files, at 3.. and inheritable."""
+        self.start('shuffle', pass_fds=pass_fds)
+        r1 = self.next_report()
+        self.wait_ready(r1['pid'])
+        self.kill_child(r1['pid'])
+        r2 = self.next_report()
+        names = r2['listen_fdnames'].split(':')
+        self.assertEqual(sorted(names), ['s0', 's2', 's4', 's5', 's6'])
+        self.assertEqual(r2['listen_fds'], '5')
+        self.assertEqual([d['content'] for d in r2['fds']], names)
+        self.assertEqual([d['inheritable'] for d in r2['fds']], [True] * 5)
+        self.assertEqual([d['fd'] for d in r2['fds']], list(range(3, 8)))
+        return r2
+
+    def test_n_removal_keeps_the_rest(self):
+        self.check_shuffle()
+
+    def test_n2_inherited_fds_in_the_way(self):
+        # The supervisor inherits fds at 3 and 4: the store cannot keep
+        # its fds in place and the child is given them at 3.. all the same
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        fds = sorted((r, w))
+        self.assertEqual(fds, [3, 4], 'the test needs fds 3 and 4 free')
+        self.check_shuffle(pass_fds=fds)
 
     def start_and_check_closed(self, mode):
         """Start a child in mode, let it send fds the supervisor must

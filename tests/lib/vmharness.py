@@ -260,14 +260,18 @@ class Harness:
         return self.hold
 
     def start_supervised_virtiofsd(self, state_dir, options=('cache=auto',),
-                                   sup_opts=(), timeout=10, env=None):
+                                   sup_opts=(), timeout=10, env=None,
+                                   wrapper=()):
         """virtiofsd -o reconnect,state_dir=state_dir under
         virtiofsd-supervisor; returns the supervisor's Proc (its log has
-        the daemon's lines too).  Killed with the harness: the supervisor
-        by pid, the daemons below it through its process group."""
+        the daemon's lines too).  wrapper: argv the supervisor runs before
+        virtiofsd's (it must exec virtiofsd: LISTEN_PID is its pid).
+        Killed with the harness: the supervisor by pid, the daemons below
+        it through its process group."""
         argv = [os.path.join(os.path.dirname(VIRTIOFSD_BIN),
                              'virtiofsd-supervisor')] + list(sup_opts)
-        argv += ['--', VIRTIOFSD_BIN, '--socket-path=' + self.sock,
+        argv += ['--'] + list(wrapper)
+        argv += [VIRTIOFSD_BIN, '--socket-path=' + self.sock,
                  '-o', 'source=' + self.shared, '-o', 'reconnect',
                  '-o', 'state_dir=' + state_dir]
         for o in options:
