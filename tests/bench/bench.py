@@ -503,15 +503,19 @@ def syscall_table(L, configs, calls):
         L.append('%s: %s.\n' % (load, ', '.join(
             '%s %.2f' % (c, sum(calls[(load, c)].values()))
             for c in configs)))
-        L.append('| syscall | %s | on | on - %s |' % (ref, ref))
-        L.append('| --- | --- | --- | --- |')
         names = sorted(set(on) | set(other),
                        key=lambda k: -abs(on.get(k, 0) - other.get(k, 0)))
+        names = [k for k in names
+                 if abs(on.get(k, 0) - other.get(k, 0)) >= 0.05]
+        if not names:
+            L.append('No call differs by 0.05 per operation or more.\n')
+            continue
+        L.append('| syscall | %s | on | on - %s |' % (ref, ref))
+        L.append('| --- | --- | --- | --- |')
         for k in names:
-            d = on.get(k, 0) - other.get(k, 0)
-            if abs(d) >= 0.05:
-                L.append('| %s | %.2f | %.2f | %+.2f |' % (
-                    k, other.get(k, 0), on.get(k, 0), d))
+            L.append('| %s | %.2f | %.2f | %+.2f |' % (
+                k, other.get(k, 0), on.get(k, 0),
+                on.get(k, 0) - other.get(k, 0)))
         L.append('')
 
 
