@@ -18,6 +18,7 @@ import argparse
 import glob
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -61,15 +62,21 @@ class Tally:
 
 def run(argv, timeout, cwd=None, env=None):
     """Run a command with a deadline; returns (rc, output).  On timeout the
-    whole process group is killed and rc is None."""
+    process group gets SIGTERM, so that a harness kills the guests and
+    daemons it started (each in a session of its own), then SIGKILL; rc
+    is None."""
     p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, start_new_session=True)
     try:
         out, _ = p.communicate(timeout=timeout)
         return p.returncode, out.decode('utf-8', 'replace')
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, 9)
-        out, _ = p.communicate()
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            out, _ = p.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate()
         return None, out.decode('utf-8', 'replace') + \
             '\n[killed after %d s]' % timeout
 

@@ -180,19 +180,26 @@ def run_workload(config, args, count_syscalls=False):
         os.mkdir(state, 0o700)
         d = start_daemon(h, config, state)
         st = strace_tree(h, d.pid) if count_syscalls else None
-        h.start_qemu('wl.run=' + ','.join(args),
-                     chardev_opts=',reconnect-ms=10')
-        h.wait_console(r'^GUEST MOUNT ok', 120, 'the mount')
-        c0 = cpu_ns(d.pid)
-        last = c0
-        deadline = time.monotonic() + 600
-        while not re.search(r'^GUEST DONE', h.read_console(), re.M):
-            last = cpu_ns(d.pid) or last
-            if time.monotonic() > deadline:
-                raise TimeoutError('workload did not end')
-            time.sleep(0.02)
+        try:
+            h.start_qemu('wl.run=' + ','.join(args),
+                         chardev_opts=',reconnect-ms=10')
+            h.wait_console(r'^GUEST MOUNT ok', 120, 'the mount')
+            c0 = cpu_ns(d.pid)
+            last = c0
+            deadline = time.monotonic() + 600
+            while not re.search(r'^GUEST DONE', h.read_console(), re.M):
+                last = cpu_ns(d.pid) or last
+                if time.monotonic() > deadline:
+                    raise TimeoutError('workload did not end')
+                time.sleep(0.02)
+        except BaseException:
+            if st:
+                st[0].kill()
+                st[0].wait()
+            raise
         summary, bad = vmharness.parse_workload(h.read_console())
-        if bad or not summary or summary['errors']:
+        if (bad or not summary or summary['errors'] or
+                summary['mismatches']):
             raise RuntimeError('workload failed: %s' % bad[:3])
         ops = summary['ops']
         if args[0] == 'data':

@@ -405,7 +405,7 @@ class SupervisorTest(unittest.TestCase):
 
     # Helpers
 
-    def start(self, mode, *options, pass_fds=()):
+    def start(self, mode, *options, pass_fds=(), preexec_fn=None):
         args = [SUPERVISOR, '--runtime-dir=' + self.rundir]
         args += list(options)
         args += ['--', sys.executable, '-S', self.child_py, mode, self.state]
@@ -414,7 +414,11 @@ class SupervisorTest(unittest.TestCase):
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                      stdout=self.log,
                                      stderr=subprocess.STDOUT,
-                                     pass_fds=pass_fds)
+                                     pass_fds=pass_fds,
+                                     preexec_fn=preexec_fn,
+                                     # What preexec_fn puts in place stays
+                                     # (other fds are non-inheritable)
+                                     close_fds=preexec_fn is None)
 
     def log_text(self):
         with open(self.log_path, 'rb') as f:
@@ -540,10 +544,10 @@ class SupervisorTest(unittest.TestCase):
         self.assertEqual(r3['fds'][0]['content'], 'alpha')
         self.assertIn('holding 1 fds', self.log_text())
 
-    def check_shuffle(self, pass_fds=()):
+    def check_shuffle(self, pass_fds=(), preexec_fn=None):
         """Removals in the middle of the store: the rest keep their
         names and files, at 3.. and inheritable."""
-        self.start('shuffle', pass_fds=pass_fds)
+        self.start('shuffle', pass_fds=pass_fds, preexec_fn=preexec_fn)
         r1 = self.next_report()
         self.wait_ready(r1['pid'])
         self.kill_child(r1['pid'])
@@ -565,9 +569,13 @@ class SupervisorTest(unittest.TestCase):
         r, w = os.pipe()
         self.addCleanup(os.close, r)
         self.addCleanup(os.close, w)
-        fds = sorted((r, w))
-        self.assertEqual(fds, [3, 4], 'the test needs fds 3 and 4 free')
-        self.check_shuffle(pass_fds=fds)
+
+        def at_3_and_4():
+            os.dup2(r, 3)
+            os.dup2(w, 4)
+
+        r2 = self.check_shuffle(preexec_fn=at_3_and_4)
+        self.assertNotIn('pipe:', ' '.join(d['target'] for d in r2['fds']))
 
     def start_and_check_closed(self, mode):
         """Start a child in mode, let it send fds the supervisor must

@@ -12,8 +12,19 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+
+
+def _terminate(signum, frame):
+    # SIGTERM (run-check.py's deadline) unwinds the stack, so every
+    # Harness closes and kills what it started, by pid
+    sys.exit(128 + signum)
+
+
+if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _terminate)
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 QEMU_BUILD = os.environ.get('QEMU_BUILD', os.path.join(TOP, 'qemu', 'build'))

@@ -138,7 +138,9 @@ def run(cycles, seed, keep):
                                stderr=subprocess.STDOUT, timeout=300)
             hs, hbad = vmharness.parse_workload(r.stdout.decode())
             if r.returncode or not hs:
-                mismatches += hs['mismatches'] if hs else 1
+                # A block the host cannot read counts as much as a bad one
+                mismatches += ((hs['mismatches'] + hs['errors']) or 1
+                               if hs else 1)
                 for line in hbad[:10]:
                     progress('host: ' + line)
 
