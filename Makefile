@@ -3,8 +3,8 @@
 #
 #   make demo     build what is missing, boot a guest on the series' QEMU
 #                 with a virtio-fs share and narrate the main job
-#   make check    every test: unit, qtest, functional, avocado, fuzz,
-#                 torture (20 kills), checkpatch
+#   make check    every test: workspace, unit, qtest, functional, avocado,
+#                 fuzz, torture (20 kills), checkpatch
 #
 # Other targets: torture (CYCLES=N, SEED=S: kill virtiofsd N times under
 # guest load), bench (QUICK=1: smaller; writes docs/benchmarks.md), deps
@@ -52,7 +52,9 @@ $(GUEST_DIR)/initrd.img: $(GUEST_INPUTS) | deps
 export-patches:
 	@$(TOP)/qemu-submodule/export.sh
 
-check: build guest
+# STAGE=workspace alone needs no build, no root and no network.
+CHECK_DEPS := $(if $(filter-out workspace,$(or $(STAGE),all)),build guest)
+check: $(CHECK_DEPS)
 	@$(PYTHON) $(TOP)/tests/run-check.py $(if $(STAGE),$(addprefix --stage ,$(STAGE))) $(if $(K),-k $(K))
 
 demo: build guest

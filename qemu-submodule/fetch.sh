@@ -39,6 +39,20 @@ check_series() {
     done < <(queue_files)
 }
 
+# The versions of the source package that apt knows; empty when there is
+# no deb-src entry (apt-cache then exits 100).
+source_versions() {
+    { apt-cache showsrc "$PIN_PACKAGE" 2>/dev/null || true; } | sed -n 's/^Version: //p'
+}
+
+# check_sum SHA256 FILE: FILE in the cache matches the pin.
+check_sum() {
+    local got
+    got=$(sha256sum "$cache/$2" 2>/dev/null | cut -d' ' -f1)
+    [ "$got" = "$1" ] ||
+        die "checksum of $2 does not match qemu-submodule/pin (got ${got:-no file}): remove .cache/src to download it again, or check the pin"
+}
+
 queue_stamp() {
     { cat "$here/pin"; queue_files | xargs -r cat; } | sha256sum | cut -d' ' -f1
 }
@@ -74,40 +88,50 @@ else
     command -v apt-get >/dev/null || die "apt-get not found: this needs a Debian 12 (bookworm) machine"
     command -v dpkg-source >/dev/null || die "dpkg-source not found: run 'make deps' (package dpkg-dev)"
     mkdir -p "$cache"
-    srcs=$(apt-cache showsrc "$PIN_PACKAGE" 2>/dev/null | sed -n 's/^Version: //p')
+    # apt-cache exits 100 when no deb-src entry exists: that is the
+    # question asked here, not an error (set -e and pipefail must not see it).
+    srcs=$(source_versions)
     if [ -z "$srcs" ]; then
-        [ "$(id -u)" = 0 ] || die "no deb-src entry for Debian's archive and not root to add one; run as root or add 'Types: deb deb-src'"
-        say "adding a deb-src entry for the machine's Debian archive"
-        "$top/scripts/add-deb-src.sh"
-        apt-get update -qq || die "apt-get update failed: is Debian's archive reachable?"
-        srcs=$(apt-cache showsrc "$PIN_PACKAGE" 2>/dev/null | sed -n 's/^Version: //p')
+        [ "$(id -u)" = 0 ] ||
+            die "no deb-src entry for Debian's archive, and not root to add one: run as root, or add 'Types: deb deb-src' to /etc/apt/sources.list.d/debian.sources and run 'apt-get update'"
+        say "no deb-src entry: adding one for the machine's Debian archive"
+        "$top/scripts/add-deb-src.sh" >/dev/null ||
+            die "could not add a deb-src entry (scripts/add-deb-src.sh failed); add 'Types: deb deb-src' for Debian's archive by hand"
+        say "apt-get update"
+        apt-get update -qq >"$cache/apt-update.log" 2>&1 ||
+            die "apt-get update failed: is Debian's archive reachable? (log: .cache/src/apt-update.log)"
+        srcs=$(source_versions)
+        [ -n "$srcs" ] ||
+            die "Debian's archive lists no '$PIN_PACKAGE' source package even with a deb-src entry; check /etc/apt/sources.list.d"
     fi
     version=$PIN_VERSION
     if ! printf '%s\n' "$srcs" | grep -qxF "$version"; then
         version=$(printf '%s\n' "$srcs" | grep '^1:7\.2+' | sort -V | tail -n 1 || true)
-        [ -n "$version" ] || die "Debian's archive offers no qemu 7.2 source; cannot build the base"
-        say "pinned $PIN_VERSION has left the archive; using the newest 7.2 revision, $version"
+        [ -n "$version" ] ||
+            die "Debian's archive offers no qemu 7.2 source (it has: $(printf '%s\n' "$srcs" | sort -V | paste -sd' ')); the series needs 7.2: point apt at bookworm"
+        say "pinned $PIN_VERSION has left the archive; using the newest 7.2 revision, $version (update qemu-submodule/pin)"
     fi
     upver=${version#*:}
     upver=${upver%-*}
     dsc="${PIN_PACKAGE}_${version#*:}.dsc"
     if [ ! -f "$cache/$dsc" ]; then
         say "downloading source package $PIN_PACKAGE=$version"
-        (cd "$cache" && apt-get source -qq -o APT::Sandbox::User=root --download-only "$PIN_PACKAGE=$version") ||
-            die "apt-get source $PIN_PACKAGE=$version failed: is Debian's archive reachable?"
+        (cd "$cache" && apt-get source -qq -o APT::Sandbox::User=root --download-only "$PIN_PACKAGE=$version") \
+            >"$cache/apt-source.log" 2>&1 ||
+            die "apt-get source $PIN_PACKAGE=$version failed: is Debian's archive reachable? (log: .cache/src/apt-source.log)"
     fi
     if [ "$version" = "$PIN_VERSION" ]; then
-        echo "$PIN_SHA256_orig  $cache/${PIN_PACKAGE}_${upver}.orig.tar.xz" | sha256sum -c --quiet ||
-            die "checksum of ${PIN_PACKAGE}_${upver}.orig.tar.xz does not match qemu-submodule/pin"
-        echo "$PIN_SHA256_debian  $cache/${dsc%.dsc}.debian.tar.xz" | sha256sum -c --quiet ||
-            die "checksum of ${dsc%.dsc}.debian.tar.xz does not match qemu-submodule/pin"
+        check_sum "$PIN_SHA256_orig" "${PIN_PACKAGE}_${upver}.orig.tar.xz"
+        check_sum "$PIN_SHA256_debian" "${dsc%.dsc}.debian.tar.xz"
         say "checksums match the pin"
     fi
-    # dpkg-source checks every file against the .dsc's own checksums.
+    # dpkg-source checks every file against the .dsc's checksums (which
+    # apt checked against the archive's signed index); the .dsc's own
+    # signature is not checked, as that needs the debian-keyring package.
     rm -rf "$tree.tmp"
     say "unpacking with dpkg-source (applies Debian's patches)"
-    dpkg-source --no-check -q -x "$cache/$dsc" "$tree.tmp" >/dev/null ||
-        die "dpkg-source -x $dsc failed"
+    dpkg-source -q -x "$cache/$dsc" "$tree.tmp" >"$cache/dpkg-source.log" 2>&1 ||
+        die "dpkg-source -x $dsc failed (log: .cache/src/dpkg-source.log); remove .cache/src to download it again"
     qver=$(cat "$tree.tmp/VERSION")
     case "$qver" in
     7.2.*) ;;

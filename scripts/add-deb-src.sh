@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Add deb-src entries mirroring the machine's Debian 'deb' entries, so that
 # 'apt-get source' reaches the same archive.  Writes one file and nothing else.
+# APT_ETC (default /etc/apt) is for tests/workspace.
 set -euo pipefail
-out=/etc/apt/sources.list.d/qemu-reconnect-deb-src.sources
+etc=${APT_ETC:-/etc/apt}
+out=$etc/sources.list.d/qemu-reconnect-deb-src.sources
 tmp=$(mktemp)
 shopt -s nullglob
-for f in /etc/apt/sources.list.d/*.sources; do
+for f in "$etc"/sources.list.d/*.sources; do
     [ "$f" = "$out" ] && continue
     # deb822 stanzas: keep those whose URIs are a Debian archive.
     awk -v RS= -v ORS='\n\n' '/URIs:[^\n]*debian/ && /Types:[^\n]*deb/ {
         sub(/Types:[^\n]*/, "Types: deb-src"); print }' "$f" >> "$tmp"
 done
-for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+for f in "$etc"/sources.list "$etc"/sources.list.d/*.list; do
     [ -f "$f" ] || continue
     awk '$1 == "deb" && $0 ~ /debian/ {
         sub(/^deb /, ""); opts = ""
@@ -22,7 +24,7 @@ for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
 done
 if [ ! -s "$tmp" ]; then
     rm -f "$tmp"
-    echo "add-deb-src: no Debian 'deb' entry found in /etc/apt to mirror; add a deb-src entry for Debian's archive by hand" >&2
+    echo "add-deb-src: no Debian 'deb' entry found in $etc to mirror; add a deb-src entry for Debian's archive by hand" >&2
     exit 1
 fi
 install -m 0644 "$tmp" "$out"
