@@ -3,6 +3,8 @@
 closing line "N passed, N failed, N skipped".
 
 Stages:
+  workspace   the workspace scripts (fetch.sh, add-deb-src.sh) against
+              stand-in apt commands: no network, no root, no build
   unit        unit tests the series adds (meson suite "virtiofsd" in ./qemu)
   qtest       QEMU's vhost-user qtests and the series' new ones (qos-test)
   functional  host-side tests: QEMU + virtiofsd + the guest workload
@@ -30,12 +32,14 @@ import vmharness  # noqa: E402
 
 BUILD = vmharness.QEMU_BUILD
 RESULTS = os.path.join(TOP, 'build', 'results')
-STAGES = ['unit', 'qtest', 'functional', 'avocado', 'fuzz', 'torture',
+STAGES = ['workspace', 'unit', 'qtest', 'functional', 'avocado', 'fuzz',
+          'torture',
           'checkpatch']
 TORTURE_CYCLES = int(os.environ.get('TORTURE_CYCLES', '20'))
 FUZZ_SECONDS = int(os.environ.get('FUZZ_SECONDS', '15'))
 # Functional tests of the project (modules under tests/functional).
 FUNCTIONAL_DIR = os.path.join(TOP, 'tests', 'functional')
+WORKSPACE_DIR = os.path.join(TOP, 'tests', 'workspace')
 
 
 class Tally:
@@ -85,6 +89,9 @@ def run(argv, timeout, cwd=None, env=None):
 
 # Unit tests of QEMU that the series changes, run as built binaries.
 UNIT_BINARIES = ['tests/unit/test-char']
+# The series' unit tests: meson suite "virtiofsd"
+UNIT_SUITE = ['test-virtiofsd-lo-map', 'test-virtiofsd-fd-store',
+              'test-virtiofsd-session']
 
 
 def tap_ok(rc, out):
@@ -101,24 +108,44 @@ def stage_unit(t, args):
                  'pass' if tap_ok(rc, out) else 'fail',
                  time.monotonic() - t0, '' if tap_ok(rc, out) else out)
     # The series' own unit tests (virtiofsd's) form the meson suite
-    # "virtiofsd".
+    # "virtiofsd"; each one expected here must be listed and must run
+    # its cases: a skipped test (exit 77, or TAP cases marked SKIP) fails.
     rc, out = run(['meson', 'test', '--no-rebuild', '--list', '--suite',
                    'virtiofsd'], 60, cwd=BUILD)
-    if rc != 0:
-        t.record('unit', 'meson test --list', 'fail', 0, out)
-        return
     # Lines read "qemu:unit+virtiofsd / test-name"
-    names = [l.strip() for l in out.splitlines() if ' / ' in l]
-    for name in names:
-        short = name.split('/')[-1].strip()
+    listed = [l.split(' / ')[-1].strip() for l in out.splitlines()
+              if ' / ' in l] if rc == 0 else []
+    for extra in sorted(set(listed) - set(UNIT_SUITE)):
+        t.record('unit', extra, 'fail', 0,
+                 'not in UNIT_SUITE of tests/run-check.py: add it there')
+    for short in UNIT_SUITE:
+        if args.k and args.k not in short:
+            continue
         t0 = time.monotonic()
-        rc, out = run(['meson', 'test', '--no-rebuild', '--print-errorlogs',
-                       '--suite', 'virtiofsd', short], 300, cwd=BUILD)
-        t.record('unit', short, 'pass' if rc == 0 else 'fail',
-                 time.monotonic() - t0, '' if rc == 0 else out)
+        if short not in listed:
+            t.record('unit', short, 'fail', 0,
+                     'meson test --list --suite virtiofsd does not list '
+                     'it:\n' + out)
+            continue
+        rc, out = run(['meson', 'test', '--no-rebuild', '--verbose',
+                       '--print-errorlogs', '--suite', 'virtiofsd', short],
+                      300, cwd=BUILD)
+        ran = re.search(r'^\s*\d+/\d+ .*%s\s+OK\s' % re.escape(short), out,
+                        re.M)
+        skipped = re.search(r'^\s*(?:\S+\s+)?ok \d+.*# SKIP', out,
+                            re.M | re.I)
+        ok = rc == 0 and ran and not skipped
+        t.record('unit', short, 'pass' if ok else 'fail',
+                 time.monotonic() - t0, '' if ok else out)
 
 
 # -- qtest -----------------------------------------------------------------
+
+# The series' qtests on the vhost-user-fs node (vhost-user/<name>)
+QTEST_FS_EXPECTED = ['read-guest-mem/memfile', 'reconnect-server',
+                     'connect-fail', 'reconnect', 'inflight', 'reconnect-ms',
+                     'reconnect-stopped', 'no-inflight', 'flags-mismatch']
+
 
 def qtest_paths():
     qos = os.path.join(BUILD, 'tests', 'qtest', 'qos-test')
@@ -145,6 +172,15 @@ def stage_qtest(t, args):
         t.record('qtest', 'vhost-user paths', 'fail', 0,
                  'qos-test -l lists no vhost-user test')
         return
+    # The series' vhost-user-fs tests must be among them: a path that
+    # vanished (a test no longer registered, a node no longer found) fails
+    for name in QTEST_FS_EXPECTED:
+        if args.k and args.k not in name:
+            continue
+        if not any('/vhost-user-fs' in p and p.endswith('/vhost-user/' + name)
+                   for p in paths):
+            t.record('qtest', 'vhost-user-fs/.../vhost-user/' + name, 'fail',
+                     0, 'qos-test -l does not list it:\n' + '\n'.join(paths))
     for path in paths:
         if args.k and args.k not in path:
             continue
@@ -160,45 +196,89 @@ def stage_qtest(t, args):
 # -- functional --------------------------------------------------------------
 
 class _Result(unittest.TestResult):
-    def __init__(self, tally):
+    """Records every outcome unittest can report in the tally: a failing
+    subTest, an expected failure that passed and a skip are failures (a
+    skipped test hides an untested behaviour); a passing subTest counts
+    with its test."""
+
+    def __init__(self, tally, stage):
         super().__init__()
         self.tally = tally
+        self.stage = stage
         self.t0 = 0
+        self.sub_failed = False
 
     def startTest(self, test):
         super().startTest(test)
         self.t0 = time.monotonic()
-        print('functional ....   %s' % test.id(), flush=True)
+        self.sub_failed = False
+        print('%-10s ....   %s' % (self.stage, test.id()), flush=True)
 
     def _name(self, test):
         return test.id().split('.', 1)[-1]
 
+    def _record(self, test, status, detail=''):
+        self.tally.record(self.stage, self._name(test), status,
+                          time.monotonic() - self.t0, detail)
+
     def addSuccess(self, test):
-        self.tally.record('functional', self._name(test), 'pass',
-                          time.monotonic() - self.t0)
+        super().addSuccess(test)
+        # A test whose subtests failed reaches addSuccess too
+        if not self.sub_failed:
+            self._record(test, 'pass')
 
     def addFailure(self, test, err):
-        self.tally.record('functional', self._name(test), 'fail',
-                          time.monotonic() - self.t0,
-                          self._exc_info_to_string(err, test))
+        super().addFailure(test, err)
+        self._record(test, 'fail', self._exc_info_to_string(err, test))
 
-    addError = addFailure
+    def addError(self, test, err):
+        super().addError(test, err)
+        self._record(test, 'fail', self._exc_info_to_string(err, test))
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self.sub_failed = True
+            self._record(subtest, 'fail',
+                         self._exc_info_to_string(err, test))
 
     def addSkip(self, test, reason):
-        # A skipped functional test hides an untested behaviour: count it
-        # as a failure unless the test says the feature is absent by design.
-        self.tally.record('functional', self._name(test), 'fail',
-                          time.monotonic() - self.t0, 'skipped: ' + reason)
+        super().addSkip(test, reason)
+        self._record(test, 'fail', 'skipped: ' + reason)
+
+    def addExpectedFailure(self, test, err):
+        # The project marks no test as an expected failure: one that
+        # appears is a check turned off.
+        super().addExpectedFailure(test, err)
+        self._record(test, 'fail', 'expected failure: ' +
+                     self._exc_info_to_string(err, test))
+
+    def addUnexpectedSuccess(self, test):
+        super().addUnexpectedSuccess(test)
+        self._record(test, 'fail', 'unexpected success')
 
 
-def stage_functional(t, args):
-    sys.path.insert(0, FUNCTIONAL_DIR)
+def run_unittests(t, args, stage, directory):
+    """Every test_*.py under DIRECTORY; a module that does not import is
+    a failure, and so is a directory that yields no test."""
+    sys.path.insert(0, directory)
     loader = unittest.TestLoader()
     if args.k:
         loader.testNamePatterns = ['*%s*' % args.k]
-    suite = loader.discover(FUNCTIONAL_DIR, pattern='test_*.py',
-                            top_level_dir=FUNCTIONAL_DIR)
-    suite.run(_Result(t))
+    suite = loader.discover(directory, pattern='test_*.py',
+                            top_level_dir=directory)
+    result = _Result(t, stage)
+    suite.run(result)
+    if result.testsRun == 0 and not args.k:
+        t.record(stage, '(no tests found in %s)' % directory, 'fail', 0)
+
+
+def stage_workspace(t, args):
+    run_unittests(t, args, 'workspace', WORKSPACE_DIR)
+
+
+def stage_functional(t, args):
+    run_unittests(t, args, 'functional', FUNCTIONAL_DIR)
 
 
 # -- avocado ---------------------------------------------------------------
@@ -217,7 +297,9 @@ def avocado_tests():
 def stage_avocado(t, args):
     tests = avocado_tests()
     if not tests:
-        print('avocado    (the series adds no avocado test yet)', flush=True)
+        t.record('avocado', '(stage)', 'fail', 0,
+                 'the queue adds no tests/avocado/*.py: the series\' '
+                 'avocado tests are gone')
         return
     env = dict(os.environ,
                VIRTIOFS_TEST_KERNEL=os.path.join(vmharness.GUEST_DIR, 'vmlinuz'),
@@ -247,8 +329,15 @@ def stage_avocado(t, args):
         failed += not ok
         t.record('avocado', m.group(2).split(':')[-1], 'pass' if ok else 'fail',
                  secs / max(1, len(tests)), '' if ok else out + tap)
-    # No result at all, or make failed although every test passed
-    if seen < len(tests) or (rc != 0 and failed == 0):
+    # Every test method of the files must have a result; and make must
+    # not have failed although every test passed
+    expected = 0
+    for name in tests:
+        with open(os.path.join(TOP, 'qemu', name)) as f:
+            expected += len(re.findall(r'^    def test_', f.read(), re.M))
+    if seen != expected or (rc != 0 and failed == 0):
+        out += '\n%d results for %d test methods in %s\n' % (
+            seen, expected, ' '.join(tests))
         t.record('avocado', 'check-avocado', 'fail', secs, out + tap)
 
 
