@@ -20,7 +20,7 @@ PYTHON := /usr/bin/python3
 NINJA_TARGETS := all tests/qtest/qos-test tests/unit/test-char
 
 .PHONY: help deps qemu build guest check demo torture bench export-patches \
-        clean distclean
+        qemu-upstream build-upstream export-patches-upstream clean distclean
 
 help:
 	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
@@ -51,6 +51,24 @@ $(GUEST_DIR)/initrd.img: $(GUEST_INPUTS) | deps
 # Write ./qemu's commits since the base tag back to patches/.
 export-patches:
 	@$(TOP)/qemu-submodule/export.sh
+
+# The QEMU half on the newest QEMU Debian serves (qemu-submodule/
+# pin-upstream): ./qemu-upstream with patches/upstream/ applied, built
+# for its vhost-user qtests; make check's "upstream" stage uses it.
+UPSTREAM_PIN := $(TOP)/qemu-submodule/pin-upstream
+UPSTREAM_SRC := $(TOP)/qemu-upstream
+UPSTREAM_TARGETS := qemu-system-x86_64 tests/qtest/qos-test
+
+qemu-upstream: deps
+	@$(TOP)/qemu-submodule/fetch.sh $(TOP) $(UPSTREAM_PIN)
+
+build-upstream: qemu-upstream
+	@$(TOP)/configure-wrapper.sh $(UPSTREAM_SRC) $(UPSTREAM_SRC)/build
+	@echo "[build] ninja -C qemu-upstream/build ($(UPSTREAM_TARGETS))"
+	@$(TOP)/scripts/ninja-progress.sh $(UPSTREAM_SRC)/build $(UPSTREAM_TARGETS)
+
+export-patches-upstream:
+	@$(TOP)/qemu-submodule/export.sh $(UPSTREAM_PIN)
 
 # STAGE=workspace alone needs no build, no root and no network.
 CHECK_DEPS := $(if $(filter-out workspace,$(or $(STAGE),all)),build guest)

@@ -16,18 +16,50 @@ build=${2:-$src/build}
 
 [ -x "$src/configure" ] || { echo "configure-wrapper: $src/configure missing; run 'make qemu' first" >&2; exit 1; }
 
-opts=(
-    --target-list=x86_64-softmmu
-    --without-default-features
-    --enable-kvm --enable-tcg
-    --enable-vhost-user --enable-vhost-net --enable-vhost-kernel
-    --enable-virtiofsd --enable-seccomp --enable-cap-ng
-    --enable-tools
-    --enable-fdt=system
-    --disable-docs --disable-install-blobs
-    --with-git-submodules=ignore
-    --meson=/usr/bin/meson
-)
+qver=$(cat "$src/VERSION")
+case "$qver" in
+7.2.*)
+    opts=(
+        --target-list=x86_64-softmmu
+        --without-default-features
+        --enable-kvm --enable-tcg
+        --enable-vhost-user --enable-vhost-net --enable-vhost-kernel
+        --enable-virtiofsd --enable-seccomp --enable-cap-ng
+        --enable-tools
+        --enable-fdt=system
+        --disable-docs --disable-install-blobs
+        --with-git-submodules=ignore
+        --meson=/usr/bin/meson
+    )
+    ;;
+*)
+    # The upstream tree (qemu-submodule/pin-upstream): only what its
+    # vhost-user qtests need.  It wants meson >= 1.5, newer than Debian
+    # 12's: configure installs the wheel from python/wheels into its own
+    # venv (the +ds tarball ships none, so it comes from PyPI, cached).
+    opts=(
+        --target-list=x86_64-softmmu
+        --without-default-features
+        --enable-kvm --enable-tcg
+        --enable-vhost-user --enable-vhost-net --enable-vhost-kernel
+        --enable-fdt=system
+        --disable-docs --disable-install-blobs --disable-rust
+        --disable-download
+    )
+    meson_whl=meson-1.9.0-py3-none-any.whl
+    wheels="$top/.cache/wheels"
+    if [ ! -f "$src/python/wheels/$meson_whl" ]; then
+        if [ ! -f "$wheels/$meson_whl" ]; then
+            echo "[configure] downloading $meson_whl from PyPI"
+            python3 -m pip download -q --no-deps --only-binary=:all: \
+                -d "$wheels" meson==1.9.0 >/dev/null 2>&1 ||
+                { echo "configure-wrapper: 'pip download meson==1.9.0' failed: is PyPI reachable? (package python3-pip: make deps)" >&2; exit 1; }
+        fi
+        mkdir -p "$src/python/wheels"
+        cp "$wheels/$meson_whl" "$src/python/wheels/"
+    fi
+    ;;
+esac
 
 # Reconfigure only when the options changed: meson regenerates by itself
 # when meson.build files change.

@@ -1,33 +1,50 @@
 #!/usr/bin/env bash
-# Materialise ./qemu: Debian 12's qemu source package (the pin), unpacked
-# with Debian's patches, committed as one base commit tagged "base", then
-# the queue in patches/ applied with git am.
+# Materialise a QEMU tree from a pin: Debian's qemu source package,
+# unpacked with Debian's patches, committed as one base commit tagged
+# "base", then the pin's queue applied with git am.
 #
-# Usage: qemu-submodule/fetch.sh [TOPDIR]
+#   qemu-submodule/pin           QEMU 7.2 (Debian 12): ./qemu, patches/
+#   qemu-submodule/pin-upstream  the newest QEMU Debian serves (sid):
+#                                ./qemu-upstream, patches/upstream/
 #
-# Re-running is cheap: if ./qemu already holds exactly the current queue,
-# nothing happens.  If ./qemu holds work that is not in patches/ (commits
+# Usage: qemu-submodule/fetch.sh [TOPDIR [PINFILE]]
+#
+# Re-running is cheap: if the tree already holds exactly the current queue,
+# nothing happens.  If it holds work that is not in the queue (commits
 # or uncommitted changes), it refuses to touch it.
 set -euo pipefail
 
 top=$(cd "${1:-$(dirname "$0")/..}" && pwd)
 here="$top/qemu-submodule"
-tree="$top/qemu"
-cache="$top/.cache/src"
+pinfile=${2:-$here/pin}
+# Defaults for a pin that does not say (the 7.2 pin's values)
+PIN_LINE=7.2
+PIN_TREE=qemu
+PIN_PATCHES=patches
+PIN_SUITES=
+PIN_HINT="point apt at bookworm"
 # shellcheck source=pin
-. "$here/pin"
+. "$pinfile"
+tree="$top/$PIN_TREE"
+patches="$top/$PIN_PATCHES"
+cache="$top/.cache/src"
+name=./$PIN_TREE
+pin=qemu-submodule/${pinfile##*/}
+export_target=export-patches${PIN_TREE#qemu}
+# Versions of the pin's line: 1:7.2+dfsg-..., 1:10.2.2+ds-...
+line_re="^1:${PIN_LINE//./\\.}[.+]"
 
-say() { printf '[qemu] %s\n' "$*"; }
-die() { printf 'make qemu: %s\n' "$*" >&2; exit 1; }
+say() { printf '[%s] %s\n' "$PIN_TREE" "$*"; }
+die() { printf 'make %s: %s\n' "${PIN_TREE}" "$*" >&2; exit 1; }
 
 # The patch files the series names, in order
 queue_files() {
     local p
-    [ -f "$top/patches/series" ] || return 0
+    [ -f "$patches/series" ] || return 0
     while read -r p; do
         case "$p" in ''|'#'*) continue ;; esac
-        printf '%s\n' "$top/patches/$p"
-    done < "$top/patches/series"
+        printf '%s\n' "$patches/$p"
+    done < "$patches/series"
 }
 
 # Each of them must exist.  The loop runs in the main shell: die() in a
@@ -35,7 +52,7 @@ queue_files() {
 check_series() {
     local f
     while read -r f; do
-        [ -f "$f" ] || die "patches/series names ${f##*/}, which is missing"
+        [ -f "$f" ] || die "$PIN_PATCHES/series names ${f##*/}, which is missing"
     done < <(queue_files)
 }
 
@@ -50,11 +67,11 @@ check_sum() {
     local got
     got=$(sha256sum "$cache/$2" 2>/dev/null | cut -d' ' -f1)
     [ "$got" = "$1" ] ||
-        die "checksum of $2 does not match qemu-submodule/pin (got ${got:-no file}): remove .cache/src to download it again, or check the pin"
+        die "checksum of $2 does not match $pin (got ${got:-no file}): remove .cache/src to download it again, or check the pin"
 }
 
 queue_stamp() {
-    { cat "$here/pin"; queue_files | xargs -r cat; } | sha256sum | cut -d' ' -f1
+    { cat "$pinfile"; queue_files | xargs -r cat; } | sha256sum | cut -d' ' -f1
 }
 
 check_series
@@ -66,20 +83,20 @@ if [ -d "$tree/.git" ]; then
     applied=$(git -C "$tree" config --get queue.head || true)
     head=$(git -C "$tree" rev-parse HEAD)
     if [ "$have" = "$stamp" ] && [ "$applied" = "$head" ]; then
-        say "./qemu is up to date with patches/ ($(git -C "$tree" rev-list --count base..HEAD) patches on base)"
+        say "$name is up to date with $PIN_PATCHES/ ($(git -C "$tree" rev-list --count base..HEAD) patches on base)"
         exit 0
     fi
     if [ -n "$(git -C "$tree" status --porcelain --untracked-files=no)" ]; then
-        die "./qemu has uncommitted changes; commit them there and run 'make export-patches', or remove ./qemu"
+        die "$name has uncommitted changes; commit them there and run 'make $export_target', or remove $name"
     fi
     if [ "$applied" != "$head" ]; then
         if [ "$have" = "$stamp" ]; then
-            say "./qemu has commits not yet exported; run 'make export-patches' to write them to patches/"
+            say "$name has commits not yet exported; run 'make $export_target' to write them to $PIN_PATCHES/"
             exit 0
         fi
-        die "./qemu has commits that are not in patches/ and patches/ changed too; export or drop one side (make export-patches, or rm -rf qemu)"
+        die "$name has commits that are not in $PIN_PATCHES/ and $PIN_PATCHES/ changed too; export or drop one side (make $export_target, or rm -rf $PIN_TREE)"
     fi
-    say "patches/ changed: re-applying the queue on base"
+    say "$PIN_PATCHES/ changed: re-applying the queue on base"
     git -C "$tree" checkout -q --detach base
     git -C "$tree" branch -q -f queue base
     git -C "$tree" checkout -q queue
@@ -91,11 +108,12 @@ else
     # apt-cache exits 100 when no deb-src entry exists: that is the
     # question asked here, not an error (set -e and pipefail must not see it).
     srcs=$(source_versions)
-    if [ -z "$srcs" ]; then
+    if ! printf '%s\n' "$srcs" | grep -qE "$line_re"; then
         [ "$(id -u)" = 0 ] ||
-            die "no deb-src entry for Debian's archive, and not root to add one: run as root, or add 'Types: deb deb-src' to /etc/apt/sources.list.d/debian.sources and run 'apt-get update'"
-        say "no deb-src entry: adding one for the machine's Debian archive"
-        "$top/scripts/add-deb-src.sh" >/dev/null ||
+            die "no deb-src entry for Debian's archive${PIN_SUITES:+ ($PIN_SUITES)}, and not root to add one: run as root, or add 'Types: deb deb-src' to /etc/apt/sources.list.d/debian.sources and run 'apt-get update'"
+        say "no deb-src entry${PIN_SUITES:+ for $PIN_SUITES}: adding one for the machine's Debian archive"
+        # shellcheck disable=SC2086
+        "$top/scripts/add-deb-src.sh" $PIN_SUITES >/dev/null ||
             die "could not add a deb-src entry (scripts/add-deb-src.sh failed); add 'Types: deb deb-src' for Debian's archive by hand"
         say "apt-get update"
         apt-get update -qq >"$cache/apt-update.log" 2>&1 ||
@@ -106,10 +124,10 @@ else
     fi
     version=$PIN_VERSION
     if ! printf '%s\n' "$srcs" | grep -qxF "$version"; then
-        version=$(printf '%s\n' "$srcs" | grep '^1:7\.2+' | sort -V | tail -n 1 || true)
+        version=$(printf '%s\n' "$srcs" | grep -E "$line_re" | sort -V | tail -n 1 || true)
         [ -n "$version" ] ||
-            die "Debian's archive offers no qemu 7.2 source (it has: $(printf '%s\n' "$srcs" | sort -V | paste -sd' ')); the series needs 7.2: point apt at bookworm"
-        say "pinned $PIN_VERSION has left the archive; using the newest 7.2 revision, $version (update qemu-submodule/pin)"
+            die "Debian's archive offers no qemu $PIN_LINE source (it has: $(printf '%s\n' "$srcs" | sort -V | paste -sd' ')); the series needs $PIN_LINE: $PIN_HINT"
+        say "pinned $PIN_VERSION has left the archive; using the newest $PIN_LINE revision, $version (update $pin)"
     fi
     upver=${version#*:}
     upver=${upver%-*}
@@ -134,8 +152,8 @@ else
         die "dpkg-source -x $dsc failed (log: .cache/src/dpkg-source.log); remove .cache/src to download it again"
     qver=$(cat "$tree.tmp/VERSION")
     case "$qver" in
-    7.2.*) ;;
-    *) rm -rf "$tree.tmp"; die "the unpacked tree is QEMU $qver, not 7.2.x; this series needs 7.2" ;;
+    "$PIN_LINE".*) ;;
+    *) rm -rf "$tree.tmp"; die "the unpacked tree is QEMU $qver, not $PIN_LINE.x; this series needs $PIN_LINE" ;;
     esac
     # Packaging is not part of the tree the series patches.
     rm -rf "$tree.tmp/debian" "$tree.tmp/.pc"
@@ -165,10 +183,10 @@ while read -r patch; do
     [ -n "$patch" ] || continue
     if ! git -C "$tree" am -q --keep-cr "$patch" >/dev/null 2>&1; then
         git -C "$tree" am --abort >/dev/null 2>&1 || true
-        die "patch ${patch##*/} does not apply on $(git -C "$tree" describe --tags --always HEAD); fix it in patches/ (or rebase in ./qemu and make export-patches)"
+        die "patch ${patch##*/} does not apply on $(git -C "$tree" describe --tags --always HEAD); fix it in $PIN_PATCHES/ (or rebase in $name and make $export_target)"
     fi
     n=$((n + 1))
 done < <(queue_files)
 git -C "$tree" config queue.stamp "$(queue_stamp)"
 git -C "$tree" config queue.head "$(git -C "$tree" rev-parse HEAD)"
-say "./qemu ready: base $(git -C "$tree" rev-parse --short base) + $n patches"
+say "$name ready: base $(git -C "$tree" rev-parse --short base) + $n patches"

@@ -5,6 +5,7 @@ set -euo pipefail
 pkgs=(
     # build
     build-essential pkg-config meson ninja-build python3 python3-venv
+    python3-pip
     libglib2.0-dev libpixman-1-dev libseccomp-dev libcap-ng-dev libfdt-dev
     zlib1g-dev flex bison ccache dpkg-dev git
     # runtime firmware for the guest and for qtests

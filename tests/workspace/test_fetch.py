@@ -79,8 +79,8 @@ def _sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-class FetchTest(unittest.TestCase):
-    """fetch.sh from a machine with no deb-src entry up to ./qemu."""
+class _FetchBase(unittest.TestCase):
+    """A top directory, a fake archive and the commands to check them."""
 
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix='workspace-')
@@ -114,7 +114,7 @@ class FetchTest(unittest.TestCase):
                   'w') as f:
             f.write(text)
 
-    def add_version(self, version, qemu_version='7.2.22'):
+    def add_version(self, version, qemu_version='7.2.22', suite=None):
         """Put a source package of VERSION into the fake archive; returns
         the sha256 of its orig and debian tarballs."""
         d = os.path.join(self.archive, version.replace(':', '_'))
@@ -128,7 +128,8 @@ class FetchTest(unittest.TestCase):
         _tar_xz(deb, {'debian/changelog': 'qemu (%s) bookworm\n' % version})
         with open(os.path.join(d, 'qemu_%s.dsc' % nv), 'w') as f:
             f.write('Source: qemu\nVersion: %s\n' % version)
-        self.versions.append(version)
+        self.versions.append(version if suite is None
+                             else '%s %s' % (version, suite))
         with open(os.path.join(self.archive, 'versions'), 'w') as f:
             f.write(''.join(v + '\n' for v in self.versions))
         return _sha256(orig), _sha256(deb)
@@ -146,14 +147,16 @@ class FetchTest(unittest.TestCase):
                            DEB822.replace('Types: deb\n',
                                           'Types: deb deb-src\n'))
         os.makedirs(os.path.join(self.apt, 'lists'))
-        open(os.path.join(self.apt, 'lists', 'deb-src'), 'w').close()
+        with open(os.path.join(self.apt, 'lists', 'deb-src'), 'w') as f:
+            f.write('bookworm\nbookworm-updates\nbookworm-security\n')
 
-    def fetch(self, uid=0):
+    def fetch(self, uid=0, pin=None):
         env = dict(os.environ, PATH=STUBS + ':' + os.environ['PATH'],
                    FAKE_APT=self.apt, FAKE_UID=str(uid),
                    APT_ETC=os.path.join(self.apt, 'etc'))
         p = subprocess.run(['bash', os.path.join(self.top, 'qemu-submodule',
-                                                 'fetch.sh'), self.top],
+                                                 'fetch.sh'), self.top] +
+                           ([pin] if pin else []),
                            env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, timeout=120)
         return p.returncode, p.stdout.decode(), p.stderr.decode()
@@ -192,7 +195,10 @@ class FetchTest(unittest.TestCase):
         with open(os.path.join(self.apt, 'calls')) as f:
             return f.read()
 
-    # -- cases -------------------------------------------------------------
+
+
+class FetchTest(_FetchBase):
+    """fetch.sh from a machine with no deb-src entry up to ./qemu."""
 
     def test_no_deb_src_as_root(self):
         """A new Debian 12 machine: only 'deb' entries.  The entry is added
@@ -328,6 +334,71 @@ class FetchTest(unittest.TestCase):
                               "export-patches', or remove ./qemu\n")
         with open(os.path.join(self.top, 'qemu', 'hello.txt')) as f:
             self.assertEqual(f.read(), 'hello\nwork\n')
+
+
+class FetchUpstreamTest(_FetchBase):
+    """The upstream pin: its line comes from sid, whose deb-src entry is
+    added next to bookworm's; its tree and queue have their own places."""
+
+    UP = '1:10.2.2+ds-1'
+
+    def setUp(self):
+        super().setUp()
+        self.deb_src_present()
+        sums = self.add_version(self.UP, qemu_version='10.2.2', suite='sid')
+        os.makedirs(os.path.join(self.top, 'patches', 'upstream'))
+        os.rename(os.path.join(self.top, 'patches', '0001-hello.patch'),
+                  os.path.join(self.top, 'patches', 'upstream',
+                               '0001-hello.patch'))
+        os.rename(os.path.join(self.top, 'patches', 'series'),
+                  os.path.join(self.top, 'patches', 'upstream', 'series'))
+        self.pin = os.path.join(self.top, 'qemu-submodule', 'pin-upstream')
+        with open(self.pin, 'w') as f:
+            f.write('PIN_PACKAGE=qemu\nPIN_VERSION=%s\nPIN_LINE=10.2\n'
+                    'PIN_SHA256_orig=%s\nPIN_SHA256_debian=%s\n'
+                    'PIN_COMMIT_DATE=2025-01-01T00:00:00Z\n'
+                    'PIN_TREE=qemu-upstream\nPIN_PATCHES=patches/upstream\n'
+                    'PIN_SUITES=sid\nPIN_HINT="update the pin"\n'
+                    % ((self.UP,) + sums))
+
+    def test_sid_added(self):
+        rc, out, err = self.fetch(uid=0, pin=self.pin)
+        self.assertEqual((rc, err), (0, ''), out)
+        tree = os.path.join(self.top, 'qemu-upstream')
+        with open(os.path.join(tree, 'VERSION')) as f:
+            self.assertEqual(f.read(), '10.2.2\n')
+        self.assertTrue(os.path.exists(os.path.join(tree, 'hello.txt')))
+        self.assertFalse(os.path.exists(os.path.join(self.top, 'qemu')))
+        self.assertIn('[qemu-upstream] no deb-src entry for sid: adding one '
+                      "for the machine's Debian archive\n", out)
+        with open(os.path.join(self.apt, 'etc', 'sources.list.d',
+                               'qemu-reconnect-deb-src-sid.sources')) as f:
+            self.assertEqual(f.read(),
+                             'Types: deb-src\n'
+                             'URIs: http://deb.debian.org/debian\n'
+                             'Suites: sid\nComponents: main\n'
+                             'Signed-By: /usr/share/keyrings/'
+                             'debian-archive-keyring.gpg\n\n')
+        self.assertTrue(out.endswith('[qemu-upstream] ./qemu-upstream ready: '
+                                     'base %s + 1 patches\n' % self.git_up(
+                                         'rev-parse', '--short', 'base')))
+
+    def test_line_gone(self):
+        rm = os.path.join(self.archive, self.UP.replace(':', '_'))
+        shutil.rmtree(rm)
+        with open(os.path.join(self.archive, 'versions'), 'w') as f:
+            f.write('%s\n1:11.1.3+ds-1 sid\n' % PIN)
+        rc, out, err = self.fetch(uid=0, pin=self.pin)
+        self.assertNotEqual(rc, 0)
+        self.assertEqual(err, "make qemu-upstream: Debian's archive offers no "
+                              "qemu 10.2 source (it has: %s 1:11.1.3+ds-1); "
+                              "the series needs 10.2: update the pin\n" % PIN)
+
+    def git_up(self, *args):
+        return subprocess.run(['git', '-C', os.path.join(self.top,
+                                                         'qemu-upstream')] +
+                              list(args), check=True, stdout=subprocess.PIPE
+                              ).stdout.decode().strip()
 
 
 class AddDebSrcTest(unittest.TestCase):
