@@ -146,10 +146,17 @@ else
     # dpkg-source checks every file against the .dsc's checksums (which
     # apt checked against the archive's signed index); the .dsc's own
     # signature is not checked, as that needs the debian-keyring package.
-    rm -rf "$tree.tmp"
+    # dpkg-source copies the tarballs next to the directory it unpacks
+    # into: unpack in the cache, so that they never land beside ./qemu
+    # (where 'git add' would find them), then move the tree into place.
+    unpack="$cache/unpack"
+    rm -rf "$unpack" "$tree.tmp"
+    mkdir -p "$unpack"
     say "unpacking with dpkg-source (applies Debian's patches)"
-    dpkg-source -q -x "$cache/$dsc" "$tree.tmp" >"$cache/dpkg-source.log" 2>&1 ||
-        die "dpkg-source -x $dsc failed (log: .cache/src/dpkg-source.log); remove .cache/src to download it again"
+    dpkg-source -q -x "$cache/$dsc" "$unpack/src" >"$cache/dpkg-source.log" 2>&1 ||
+        { rm -rf "$unpack"; die "dpkg-source -x $dsc failed (log: .cache/src/dpkg-source.log); remove .cache/src to download it again"; }
+    mv "$unpack/src" "$tree.tmp"
+    rm -rf "$unpack"
     qver=$(cat "$tree.tmp/VERSION")
     case "$qver" in
     "$PIN_LINE".*) ;;

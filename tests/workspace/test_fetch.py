@@ -184,6 +184,11 @@ class _FetchBase(unittest.TestCase):
         self.assertTrue(out.rstrip().endswith(
             '[qemu] ./qemu ready: base %s + 1 patches'
             % self.git('rev-parse', '--short', 'base')), out)
+        # Nothing but the tree and the queue beside it (dpkg-source copies
+        # the tarballs next to the directory it unpacks into)
+        self.assertEqual(sorted(os.listdir(self.top)),
+                         ['.cache', 'patches', 'qemu', 'qemu-submodule',
+                          'scripts'])
 
     def assert_refused(self, rc, out, err, line):
         self.assertNotEqual(rc, 0, out + err)
