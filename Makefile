@@ -4,11 +4,13 @@
 #   make demo     build what is missing, boot a guest on the series' QEMU
 #                 with a virtio-fs share and narrate the main job
 #   make check    every test: workspace, unit, qtest, functional, avocado,
-#                 fuzz, torture (20 kills), checkpatch
+#                 fuzz, torture (20 kills), checkpatch, upstream (the QEMU
+#                 half on Debian's newest QEMU, ./qemu-upstream)
 #
 # Other targets: torture (CYCLES=N, SEED=S: kill virtiofsd N times under
 # guest load), bench (QUICK=1: smaller; writes docs/benchmarks.md), deps
-# qemu build guest export-patches clean distclean help
+# qemu build guest export-patches qemu-upstream build-upstream
+# export-patches-upstream clean distclean help
 
 SHELL := /bin/bash
 TOP := $(CURDIR)
@@ -23,7 +25,7 @@ NINJA_TARGETS := all tests/qtest/qos-test tests/unit/test-char
         qemu-upstream build-upstream export-patches-upstream clean distclean
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 
 # Debian packages the build and the tests need (apt-get, as root).
 deps:
@@ -70,8 +72,11 @@ build-upstream: qemu-upstream
 export-patches-upstream:
 	@$(TOP)/qemu-submodule/export.sh $(UPSTREAM_PIN)
 
-# STAGE=workspace alone needs no build, no root and no network.
-CHECK_DEPS := $(if $(filter-out workspace,$(or $(STAGE),all)),build guest)
+# STAGE=workspace alone needs no build, no root and no network; the
+# upstream stage also needs the upstream tree built.
+CHECK_STAGES := $(or $(STAGE),all)
+CHECK_DEPS := $(if $(filter-out workspace,$(CHECK_STAGES)),build guest) \
+              $(if $(filter all upstream,$(CHECK_STAGES)),build-upstream)
 check: $(CHECK_DEPS)
 	@$(PYTHON) $(TOP)/tests/run-check.py $(if $(STAGE),$(addprefix --stage ,$(STAGE))) $(if $(K),-k $(K))
 
@@ -90,7 +95,7 @@ bench: build guest
 	@$(PYTHON) $(TOP)/tests/bench/bench.py $(if $(QUICK),--quick)
 
 clean:
-	rm -rf $(TOP)/build $(QEMU_BUILD)
+	rm -rf $(TOP)/build $(QEMU_BUILD) $(TOP)/qemu-upstream/build
 	$(MAKE) -C tests/guest clean
 
 distclean: clean

@@ -12,6 +12,10 @@ Stages:
   fuzz        the series' fuzz targets, briefly (tests/fuzz, libFuzzer)
   torture     kill virtiofsd 20 times under guest load (tests/torture)
   checkpatch  scripts/checkpatch.pl over every patch in patches/
+  upstream    the QEMU half on current QEMU (qemu-upstream, patches/upstream):
+              that tree's vhost-user qtests, the cross-version test (its
+              QEMU with the 7.2 virtiofsd, SIGKILLs under guest load), and
+              that tree's checkpatch over patches/upstream
 
 Usage: run-check.py [--stage NAME ...] [-k SUBSTRING]
 """
@@ -33,8 +37,7 @@ import vmharness  # noqa: E402
 BUILD = vmharness.QEMU_BUILD
 RESULTS = os.path.join(TOP, 'build', 'results')
 STAGES = ['workspace', 'unit', 'qtest', 'functional', 'avocado', 'fuzz',
-          'torture',
-          'checkpatch']
+          'torture', 'checkpatch', 'upstream']
 TORTURE_CYCLES = int(os.environ.get('TORTURE_CYCLES', '20'))
 FUZZ_SECONDS = int(os.environ.get('FUZZ_SECONDS', '15'))
 # Functional tests of the project (modules under tests/functional).
@@ -147,50 +150,58 @@ QTEST_FS_EXPECTED = ['read-guest-mem/memfile', 'reconnect-server',
                      'reconnect-stopped', 'no-inflight', 'flags-mismatch']
 
 
-def qtest_paths():
-    qos = os.path.join(BUILD, 'tests', 'qtest', 'qos-test')
+def qtest_paths(build):
+    qos = os.path.join(build, 'tests', 'qtest', 'qos-test')
     env = dict(os.environ, QTEST_QEMU_BINARY='./qemu-system-x86_64')
-    rc, out = run([qos, '-l'], 60, cwd=BUILD, env=env)
+    rc, out = run([qos, '-l'], 60, cwd=build, env=env)
     if rc != 0:
         raise RuntimeError('qos-test -l failed:\n' + out)
     return [l.strip() for l in out.splitlines()
             if 'vhost-user' in l and l.strip().startswith('/')]
 
 
-def stage_qtest(t, args):
-    qos = os.path.join(BUILD, 'tests', 'qtest', 'qos-test')
+def run_qtests(t, args, stage, build, expected_fs):
+    """Every qos-test path with vhost-user in it, in BUILD; the names in
+    EXPECTED_FS must be among the vhost-user-fs node's paths."""
+    qos = os.path.join(build, 'tests', 'qtest', 'qos-test')
+    src = os.path.dirname(build)
     env = dict(os.environ, QTEST_QEMU_BINARY='./qemu-system-x86_64',
                QTEST_QEMU_IMG='./qemu-img',
                QTEST_QEMU_STORAGE_DAEMON_BINARY='./storage-daemon/qemu-storage-daemon',
-               G_TEST_DBUS_DAEMON=os.path.join(TOP, 'qemu', 'tests', 'dbus-vmstate-daemon.sh'))
+               G_TEST_DBUS_DAEMON=os.path.join(src, 'tests', 'dbus-vmstate-daemon.sh'))
     try:
-        paths = qtest_paths()
+        paths = qtest_paths(build)
     except RuntimeError as e:
-        t.record('qtest', 'qos-test -l', 'fail', 0, str(e))
+        t.record(stage, 'qos-test -l', 'fail', 0, str(e))
         return
     if not paths:
-        t.record('qtest', 'vhost-user paths', 'fail', 0,
+        t.record(stage, 'vhost-user paths', 'fail', 0,
                  'qos-test -l lists no vhost-user test')
         return
     # The series' vhost-user-fs tests must be among them: a path that
     # vanished (a test no longer registered, a node no longer found) fails
-    for name in QTEST_FS_EXPECTED:
+    for name in expected_fs:
         if args.k and args.k not in name:
             continue
         if not any('/vhost-user-fs' in p and p.endswith('/vhost-user/' + name)
                    for p in paths):
-            t.record('qtest', 'vhost-user-fs/.../vhost-user/' + name, 'fail',
+            t.record(stage, 'vhost-user-fs/.../vhost-user/' + name, 'fail',
                      0, 'qos-test -l does not list it:\n' + '\n'.join(paths))
     for path in paths:
         if args.k and args.k not in path:
             continue
         t0 = time.monotonic()
-        rc, out = run([qos, '--tap', '-k', '-p', path], 120, cwd=BUILD, env=env)
+        rc, out = run([qos, '--tap', '-k', '-p', path], 120, cwd=build,
+                      env=env)
         ok = tap_ok(rc, out)
         skipped = re.search(r'^ok \d+ .*# SKIP', out, re.M)
         status = 'pass' if ok and not skipped else 'fail'
-        t.record('qtest', '/'.join(path.split('/')[-3:]), status,
+        t.record(stage, '/'.join(path.split('/')[-3:]), status,
                  time.monotonic() - t0, '' if status == 'pass' else out)
+
+
+def stage_qtest(t, args):
+    run_qtests(t, args, 'qtest', BUILD, QTEST_FS_EXPECTED)
 
 
 # -- functional --------------------------------------------------------------
@@ -377,20 +388,45 @@ def stage_torture(t, args):
              time.monotonic() - t0, '' if rc == 0 and m else out[-4000:])
 
 
+# -- upstream ----------------------------------------------------------------
+
+UPSTREAM_BUILD = os.path.join(TOP, 'qemu-upstream', 'build')
+UPSTREAM_DIR = os.path.join(TOP, 'tests', 'upstream')
+# The upstream queue's qtests on the vhost-user-fs node
+QTEST_UPSTREAM_FS_EXPECTED = QTEST_FS_EXPECTED
+
+
+def stage_upstream(t, args):
+    """The QEMU half on the newest QEMU Debian serves: that tree's
+    vhost-user qtests (QEMU's own and the queue's), the cross-version
+    test (its QEMU, our 7.2 virtiofsd under crash recovery), and
+    checkpatch over the upstream queue with that tree's script."""
+    run_qtests(t, args, 'upstream', UPSTREAM_BUILD, QTEST_UPSTREAM_FS_EXPECTED)
+    run_unittests(t, args, 'upstream', UPSTREAM_DIR)
+    run_checkpatch(t, args, 'upstream', os.path.join(TOP, 'patches', 'upstream'),
+                   os.path.join(TOP, 'qemu-upstream'))
+
+
 # -- checkpatch --------------------------------------------------------------
 
-def stage_checkpatch(t, args):
-    patches = sorted(p for p in glob.glob(os.path.join(TOP, 'patches', '*.patch'))
+def run_checkpatch(t, args, stage, queue, tree):
+    patches = sorted(p for p in glob.glob(os.path.join(queue, '*.patch'))
                      if not os.path.basename(p).startswith('0000-'))
     if not patches:
-        print('checkpatch (the queue is empty)', flush=True)
+        t.record(stage, 'checkpatch (%s is empty)' % os.path.relpath(queue, TOP),
+                 'fail', 0)
         return
-    script = os.path.join(TOP, 'qemu', 'scripts', 'checkpatch.pl')
+    script = os.path.join(tree, 'scripts', 'checkpatch.pl')
     for p in patches:
         t0 = time.monotonic()
-        rc, out = run(['perl', script, p], 120, cwd=os.path.join(TOP, 'qemu'))
-        t.record('checkpatch', os.path.basename(p), 'pass' if rc == 0 else 'fail',
+        rc, out = run(['perl', script, p], 120, cwd=tree)
+        t.record(stage, os.path.basename(p), 'pass' if rc == 0 else 'fail',
                  time.monotonic() - t0, '' if rc == 0 else out)
+
+
+def stage_checkpatch(t, args):
+    run_checkpatch(t, args, 'checkpatch', os.path.join(TOP, 'patches'),
+                   os.path.join(TOP, 'qemu'))
 
 
 def main():

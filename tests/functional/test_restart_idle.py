@@ -64,23 +64,6 @@ CLEAN = '^' + STATE + r'no saved session in %s, starting clean$'
 REFUSING = '^' + STATE + r'refusing %s: (.+)$'
 
 
-def mix64(z):
-    m = (1 << 64) - 1
-    z = (z + 0x9e3779b97f4a7c15) & m
-    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & m
-    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & m
-    return z ^ (z >> 31)
-
-
-def hold_pattern(off, length, seed):
-    """The bytes "workload hold" writes at file offsets off.. (see
-    hold_pattern() in tests/guest/workload.c)."""
-    base = mix64(seed ^ 0x484f4c44)
-    words = b''.join(mix64(base ^ w).to_bytes(8, 'little')
-                     for w in range(off >> 3, (off + length + 7) >> 3))
-    return words[off & 7:(off & 7) + length]
-
-
 def pid_alive(pid):
     """True if pid exists and is not a zombie."""
     try:
@@ -370,7 +353,7 @@ class RestartIdleTest(unittest.TestCase):
             self.assertEqual(host_flock(f1), errno.EWOULDBLOCK,
                              'flock lost after the restart')
             with open(f1, 'rb') as f:
-                self.assertEqual(f.read(), hold_pattern(0, 128 * KIB, 11))
+                self.assertEqual(f.read(), vmharness.hold_pattern(0, 128 * KIB, 11))
 
             unlock = hold.cmd('funlock a')
             self.assertEqual(unlock.result, unlock_answer, unlock)

@@ -36,8 +36,10 @@ class RestartLocksTest(unittest.TestCase):
         with vmharness.Harness('restart-locks') as h:
             state = os.path.join(h.dir, 'state')
             os.mkdir(state, 0o700)
+            # cache=none: the check after the restart reads through the
+            # restored daemon, not the guest's page cache
             sup = h.start_supervised_virtiofsd(
-                state, options=('cache=auto', 'posix_lock'))
+                state, options=('cache=none', 'posix_lock'))
             hold = h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
             path = os.path.join(h.shared, 'a')
             for c in ('open a 1', 'write 1 0 4096 1', 'lock 1'):
@@ -59,6 +61,8 @@ class RestartLocksTest(unittest.TestCase):
                             'not release the lock')
             line = hold.cmd('close 1')
             self.assertTrue(line.ok, line)
+            with open(path, 'rb') as f:
+                self.assertEqual(f.read(), vmharness.hold_pattern(0, 4096, 1))
 
 
 if __name__ == '__main__':

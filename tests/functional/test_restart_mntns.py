@@ -39,6 +39,11 @@ def mount_points(pid):
         return [tuple(line.split()[i] for i in (0, 4)) for line in f]
 
 
+# cache=none: the checks after a restart read through the restored
+# daemon, never the guest's page cache
+CACHE = ('cache=none',)
+
+
 class RestartMntNsTest(unittest.TestCase):
 
     def run_ok(self, h, hold, commands):
@@ -70,6 +75,8 @@ class RestartMntNsTest(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(old)), ['l', 'n'])
         self.assertEqual(os.listdir(os.path.join(old, 'n')), ['f'])
         self.assertEqual(os.stat(os.path.join(old, 'l')).st_nlink, 2)
+        with open(os.path.join(old, 'l'), 'rb') as f:
+            self.assertEqual(f.read(), vmharness.hold_pattern(0, 8192, 5))
 
     def before_restart(self, h, hold, tag):
         self.run_ok(h, hold, ['mkdir old%s' % tag,
@@ -80,7 +87,7 @@ class RestartMntNsTest(unittest.TestCase):
         with vmharness.Harness('restart-mntns') as h:
             state = os.path.join(h.dir, 'state')
             os.mkdir(state, 0o700)
-            sup = h.start_supervised_virtiofsd(state)
+            sup = h.start_supervised_virtiofsd(state, options=CACHE)
             hold = h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
             self.before_restart(h, hold, '1')
             ns = mnt_ns(sandbox_pid(h.supervised_child_pid()))
@@ -110,7 +117,8 @@ class RestartMntNsTest(unittest.TestCase):
                 f.write('chroot')
             wrapper = ['/bin/sh', '-c',
                        'exec "$0" "$@" -o sandbox=$(cat %s)' % mode]
-            sup = h.start_supervised_virtiofsd(state, wrapper=wrapper)
+            sup = h.start_supervised_virtiofsd(state, options=CACHE,
+                                               wrapper=wrapper)
             hold = h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
             self.before_restart(h, hold, '1')
 

@@ -442,18 +442,23 @@ class SupervisorTest(unittest.TestCase):
                         res.append(json.load(f))
         return sorted(res, key=lambda r: r['t_start'])
 
-    def next_report(self, timeout=WAIT):
+    def next_reports(self, n, timeout=WAIT):
+        """The next N children's reports, in the order they started."""
         def check():
             if self.proc.poll() is not None:
                 raise AssertionError('supervisor exited with %d; log:\n%s'
                                      % (self.proc.returncode,
                                         self.log_text()))
-            return self.new_reports()
-        reports = wait_until(check, 'a new child report', timeout)
-        self.assertEqual(len(reports), 1, reports)
-        report = reports[0]
-        self.seen.add(report['pid'])
-        return report
+            reports = self.new_reports()
+            return reports if len(reports) >= n else None
+        reports = wait_until(check, '%d new child report(s)' % n, timeout)
+        self.assertEqual(len(reports), n, reports)
+        for report in reports:
+            self.seen.add(report['pid'])
+        return reports
+
+    def next_report(self, timeout=WAIT):
+        return self.next_reports(1, timeout)[0]
 
     def go(self, pid):
         open(os.path.join(self.state, 'go-%d' % pid), 'w').close()
@@ -625,12 +630,17 @@ class SupervisorTest(unittest.TestCase):
 
     def test_d2_store_then_crash_immediately(self):
         # Message queued just before the death must still be honoured
+        # The first child dies right after its message, and the second
+        # may have started before this test reads the first report: take
+        # both, in the order they started
         self.start('crashstore')
-        r1 = self.next_report()
+        r1, r2 = self.next_reports(2)
         self.check_no_listen_env(r1)
-        r2 = self.next_report()
         self.check_listen_env(r2, ['crash'])
         self.assertEqual(r2['fds'][0]['content'], 'crash')
+        # ... and the second one lives: no third child
+        self.wait_ready(r2['pid'])
+        self.assertEqual(self.new_reports(), [])
 
     def test_d3_many_fds(self):
         self.start('many')
@@ -733,9 +743,12 @@ class SupervisorTest(unittest.TestCase):
             to_msg.append((r['t_sent'] - t0) * 1000)
             to_start.append((r['t_start'] - t0) * 1000)
             prev = r
-        for v in to_msg:
-            self.assertGreater(v, 0)
-            self.assertLess(v, 2000)
+        # Order, not wall time (a loaded machine may take long): each
+        # restarted child started after its predecessor's SIGKILL and
+        # sent its first message after it started
+        for m, s in zip(to_msg, to_start):
+            self.assertGreater(s, 0)
+            self.assertGreaterEqual(m, s)
         sys.stderr.write(
             '\n  restart latency, SIGKILL -> first NOTIFY_SOCKET message '
             '(20 restarts): p50 %.1f ms, max %.1f ms\n'

@@ -69,6 +69,23 @@ def process_tree(pid):
     return tree
 
 
+def mix64(z):
+    m = (1 << 64) - 1
+    z = (z + 0x9e3779b97f4a7c15) & m
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & m
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & m
+    return z ^ (z >> 31)
+
+
+def hold_pattern(off, length, seed):
+    """The bytes "workload hold" writes at file offsets off.. (see
+    hold_pattern() in tests/guest/workload.c)."""
+    base = mix64(seed ^ 0x484f4c44)
+    words = b''.join(mix64(base ^ w).to_bytes(8, 'little')
+                     for w in range(off >> 3, (off + length + 7) >> 3))
+    return words[off & 7:(off & 7) + length]
+
+
 def wait_until(pred, what, timeout, interval=0.05):
     """Poll pred until it returns something true, and return that."""
     deadline = time.monotonic() + timeout
@@ -161,6 +178,10 @@ class Harness:
         self.virtiofsd = None
         self.hold = None
         self._console_pos = 0
+        # The QEMU binary: the series' 7.2 one unless a test says otherwise
+        # (the upstream stage runs the upstream queue's QEMU against the
+        # 7.2 virtiofsd)
+        self.qemu_bin = QEMU_BIN
 
     def __enter__(self):
         return self
@@ -217,7 +238,7 @@ class Harness:
     def qemu_argv(self, append, mem_mb=512, smp=2, chardev_opts='',
                   extra=()):
         accel = 'kvm' if kvm_usable() else 'tcg'
-        argv = [QEMU_BIN]
+        argv = [self.qemu_bin]
         for d in FIRMWARE_DIRS:
             argv += ['-L', d]
         argv += [
