@@ -72,6 +72,35 @@ CASES = [
      ['err=EEXIST']),
     ('SETXATTR', POINTS, [('file', 'a', 0, 'other')],
      ['setxattrc {d}/a user.t v'], ['err=EEXIST']),
+    # The open flags real programs use.  "openf NAME KEY FLAGS": open(2)
+    # with those flags.  A create without O_EXCL (creat(2), a shell's
+    # ">" and ">>" on a new name) goes without a temporary name: creating
+    # again opens what the first run made.
+    ('CREATE', POINTS, [], ['openf {d}/c {k} rdwr,creat',
+                            'write {k} 0 4096 5', 'close {k}']),
+    ('CREATE', POINTS, [], ['openf {d}/c {k} wronly,creat,trunc',
+                            'write {k} 0 4096 5', 'close {k}']),
+    ('CREATE', POINTS, [], ['openf {d}/c {k} wronly,creat,append',
+                            'write {k} 0 100 5', 'write {k} 100 100 6',
+                            'close {k}']),
+    ('CREATE', CPOINTS, [], ['openf {d}/c {k} rdwr,creat,excl,trunc',
+                             'write {k} 0 4096 5', 'close {k}']),
+    # ">" and ">>" on a file that is there: OPEN with O_TRUNC, O_APPEND
+    ('OPEN', POINTS, [('file', 'a', 100)],
+     ['stat {d}/a', 'openf {d}/a {k} wronly,creat,trunc',
+      'write {k} 0 10 3', 'close {k}']),
+    ('OPEN', POINTS, [('file', 'a', 100)],
+     ['stat {d}/a', 'openf {d}/a {k} wronly,append', 'write {k} 0 10 3',
+      'close {k}']),
+    ('OPEN', POINTS, [('file', 'a', 100)],
+     ['stat {d}/a', 'openf {d}/a {k} rdonly', 'close {k}']),
+    # A write to an O_APPEND file lands at the end whatever its offset:
+    # running it again would append it twice
+    ('WRITE', POINTS, [('file', 'a', 100)],
+     ['openf {d}/a {k} wronly,append', 'write {k} 100 4096 3',
+      'close {k}']),
+    ('WRITE', POINTS, [('file', 'a', 100)],
+     ['openf {d}/a {k} rdwr', 'write {k} 50 4096 3', 'close {k}']),
 ]
 
 RESTORED = re.compile(r'^state: restored session from ', re.M)
@@ -112,39 +141,109 @@ def snapshot(root):
     return out
 
 
+POISON = re.compile(r'^request (\S+) unique (\d+) killed the daemon (\d+) '
+                    r'times: answering EIO, not running it again$', re.M)
+
+
 class CrashPointsTest(unittest.TestCase):
+    """One guest and one supervised daemon for the matrix and the poison
+    request (the matrix runs first: test names sort)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.h = vmharness.Harness('crash-points')
+        try:
+            cls.state = os.path.join(cls.h.dir, 'state')
+            os.mkdir(cls.state, 0o700)
+            env = dict(os.environ, VIRTIOFSD_CRASH_POINTS='1')
+            cls.sup = cls.h.start_supervised_virtiofsd(
+                cls.state, options=('cache=auto', 'xattr'), env=env,
+                sup_opts=('--restart-delay-ms=300',))
+            cls.hold = cls.h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
+        except BaseException:
+            cls.h.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.h.close()
 
     def test_matrix(self):
-        with vmharness.Harness('crash-points') as h:
-            state = os.path.join(h.dir, 'state')
-            os.mkdir(state, 0o700)
-            env = dict(os.environ, VIRTIOFSD_CRASH_POINTS='1')
-            sup = h.start_supervised_virtiofsd(
-                state, options=('cache=auto', 'xattr'), env=env,
-                sup_opts=('--restart-delay-ms=300',))
-            hold = h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
-            n = 0
-            failures = []
-            t0 = time.monotonic()
-            only = os.environ.get('CRASH_CASES')
-            for case in CASES:
-                opcode, points, setup, cmds = case[:4]
-                expect = case[4] if len(case) > 4 else None
-                if only and opcode not in only.split(','):
+        h, sup, hold, state = self.h, self.sup, self.hold, self.state
+        n = 0
+        failures = []
+        t0 = time.monotonic()
+        # CRASH_CASES=OPCODE,...: cases of those opcodes, or whose
+        # commands contain the string ("openf", "append"; separated by
+        # ";" if one holds a comma: "rdwr,creat ;OPEN");
+        # CRASH_POINTS=point,...: only those points
+        only = os.environ.get('CRASH_CASES')
+        only_points = os.environ.get('CRASH_POINTS')
+        for case in CASES:
+            opcode, points, setup, cmds = case[:4]
+            expect = case[4] if len(case) > 4 else None
+            if only and not any(o and (o == opcode or o in ' '.join(cmds))
+                                for o in only.split(';' if ';' in only
+                                                    else ',')):
+                continue
+            for point in points:
+                if only_points and point not in only_points.split(','):
                     continue
-                for point in points:
-                    n += 1
-                    msg = self.run_case(h, sup, hold, state, n, opcode,
-                                        point, setup, cmds, expect)
-                    if msg:
-                        failures.append('%s:%s: %s' % (opcode, point, msg))
-                        print('functional       crash point ' +
-                              failures[-1], flush=True)
-            self.assertGreater(n, 0, 'CRASH_CASES=%s matches no case' % only)
-            print('functional       crash points: %d cases in %.0f s, %d '
-                  'failed' % (n, time.monotonic() - t0, len(failures)),
-                  flush=True)
-            self.assertEqual(failures, [], '\n' + h.log_tail(60))
+                n += 1
+                msg = self.run_case(h, sup, hold, state, n, opcode,
+                                    point, setup, cmds, expect)
+                if msg:
+                    failures.append('%s:%s %s: %s' % (opcode, point,
+                                                      cmds[0], msg))
+                    print('functional       crash point ' +
+                          failures[-1], flush=True)
+        self.assertGreater(n, 0, 'CRASH_CASES=%s matches no case' % only)
+        print('functional       crash points: %d cases in %.0f s, %d '
+              'failed' % (n, time.monotonic() - t0, len(failures)),
+              flush=True)
+        self.assertEqual(failures, [], '\n' + h.log_tail(60))
+
+    def test_poison_request(self):
+        """A request that kills every daemon that runs it: after 3 deaths
+        it is answered EIO (logged once, with its opcode), and the share
+        goes on: the requests after it succeed, their data checked."""
+        h, sup, hold = self.h, self.sup, self.hold
+        d = 'poison'
+        os.mkdir(os.path.join(h.shared, d))
+        self.assertTrue(hold.cmd('stat %s' % d, timeout=60).ok)
+        since = len(sup.output())
+        spec = os.path.join(self.state, 'crash-at')
+        with open(spec, 'w') as f:
+            f.write('always MKDIR:before\n')
+        try:
+            line = hold.cmd('mkdir %s/p' % d, timeout=90)
+        finally:
+            os.unlink(spec)
+        out = sup.output()[since:]
+        deaths = out.count('crash point MKDIR:before: dying')
+        poison = POISON.findall(out)
+        self.assertEqual(line.result, 'err=EIO',
+                         'the guest got %s\n%s' % (line, h.log_tail(40)))
+        self.assertEqual(deaths, 3, out[-3000:])
+        self.assertEqual(len(poison), 1, out[-3000:])
+        self.assertEqual((poison[0][0], poison[0][2]), ('MKDIR', '3'))
+        # Exactly one failed request, and the share goes on
+        cmds = ['mkdir %s/q' % d, 'create %s/f pz' % d,
+                'write pz 0 65536 9', 'fsync pz', 'close pz', 'dropcaches',
+                'openrw %s/f pz' % d, 'check pz 0 65536 9', 'close pz',
+                'openf %s/g pg wronly,creat,trunc' % d, 'write pg 0 100 4',
+                'close pg', 'statdir %s' % d]
+        for c in cmds:
+            r = hold.cmd(c, timeout=60)
+            self.assertTrue(r.ok, '%s: %s\n%s' % (c, r, h.log_tail(40)))
+        self.assertEqual(sorted(os.listdir(os.path.join(h.shared, d))),
+                         ['f', 'g', 'q'])
+        self.assertEqual(os.path.getsize(os.path.join(h.shared, d, 'f')),
+                         65536)
+        # Still one line, no further death
+        out = sup.output()[since:]
+        self.assertEqual(len(POISON.findall(out)), 1)
+        self.assertEqual(out.count('crash point '), 3)
 
     def run_guest(self, h, sup, hold, d, key, cmds, crash):
         out = []

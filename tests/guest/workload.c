@@ -841,6 +841,10 @@ static bool parse_u64(const char *s, uint64_t *out, bool suffix)
  *   truncate <name> <len>
  *   create <name> <key>                open(O_RDWR|O_CREAT|O_EXCL)
  *   openrw <name> <key>                open(O_RDWR) an existing file
+ *   openf <name> <key> <flags>         open() with flags, a comma list of
+ *                                      rdonly wronly rdwr creat excl trunc
+ *                                      append (mode 0644), as creat(2),
+ *                                      ">" and ">>" do; logs flags=
  *   setxattrc <name> <attr> <value>    setxattr(XATTR_CREATE)
  *   removexattr <name> <attr>
  *   dropcaches                         drop the guest's dentries/inodes
@@ -869,7 +873,8 @@ static bool hold_cmd(Worker *w, int ac, char **av)
         { "mkdir", 1, false }, { "rmdir", 1, false }, { "mkfifo", 1, false },
         { "rename", 2, false }, { "link", 2, false }, { "symlink", 2, false },
         { "truncate", 2, false }, { "create", 2, false },
-        { "openrw", 2, false }, { "setxattrc", 3, false },
+        { "openrw", 2, false }, { "openf", 3, false },
+        { "setxattrc", 3, false },
         { "removexattr", 2, false }, { "dropcaches", 0, false },
         { "lock", 1, true }, { "unlock", 1, true },
         { "sleep", 1, false }, { "quit", 0, false },
@@ -982,6 +987,39 @@ static bool hold_cmd(Worker *w, int ac, char **av)
             res = slot->fd < 0 ? errno : 0;
             slot->used = !res;
             wl_log(w, cmd, path, res, "key=%s", av[2]);
+        }
+    } else if (!strcmp(cmd, "openf")) {
+        static const struct {
+            const char *name;
+            int flag;
+        } oflags[] = {
+            { "rdonly", O_RDONLY }, { "wronly", O_WRONLY }, { "rdwr", O_RDWR },
+            { "creat", O_CREAT }, { "excl", O_EXCL }, { "trunc", O_TRUNC },
+            { "append", O_APPEND },
+        };
+        char list[300], *tok, *save;
+        int flags = 0;
+
+        snprintf(list, sizeof(list), "%s", av[3]);
+        for (tok = strtok_r(list, ",", &save); tok;
+             tok = strtok_r(NULL, ",", &save)) {
+            for (i = 0; i < ARRAY_SIZE(oflags) &&
+                 strcmp(oflags[i].name, tok); i++) {
+                /* look the flag up */
+            }
+            if (i == ARRAY_SIZE(oflags)) {
+                wl_log(w, cmd, path, EINVAL, "reason=usage");
+                goto out;
+            }
+            flags |= oflags[i].flag;
+        }
+        slot = hold_slot(w, cmd, path, av[2]);
+        if (slot) {
+            slot->fd = open(path, flags, 0644);
+            res = slot->fd < 0 ? errno : 0;
+            slot->used = !res;
+            sanitize(info, sizeof(info), av[3]);
+            wl_log(w, cmd, path, res, "key=%s flags=%s", av[2], info);
         }
     } else if (!strcmp(cmd, "setxattrc")) {
         res = setxattr(path, av[2], av[3], strlen(av[3]), XATTR_CREATE) < 0 ?
