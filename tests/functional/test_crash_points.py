@@ -14,11 +14,13 @@ it again, and must neither run it twice nor lose it.
 
 For each case the guest runs the same commands twice, in two fresh
 directories: once clean, once with the crash armed.  The WL results and a
-snapshot of each directory on the host (names, types, sizes, link counts,
-symlink targets, the xattr user.t) must be equal, and the daemon must
-have died at the armed point and been restored.
+snapshot of each directory on the host (names, types, modes, owners,
+sizes, link counts, file contents, symlink targets, the xattr user.t)
+must be equal, and the daemon must have died at the armed point and been
+restored.
 """
 
+import hashlib
 import os
 import re
 import stat
@@ -63,9 +65,10 @@ CASES = [
     # EEXIST caused by someone else must still reach the guest.  "!!kind
     # name" is someone else making the name on the host: in the clean
     # run before the next command, in the crash run while the daemon is
-    # dead (the supervisor restarts it after 300 ms), after the guest's
-    # request reached it.  Once the create took effect (syscall and
-    # later) nobody else can make the name, so only the earlier points.
+    # dead, after the guest's request reached it: the gate (GATE_WRAPPER)
+    # holds the restart until the name is there.  Once the create took
+    # effect (syscall and later) nobody else can make the name, so only
+    # the earlier points.
     ('MKDIR', ('before', 'tmp'), [], ['!!dir x', 'mkdir {d}/x'],
      ['err=EEXIST']),
     ('CREATE', ('before', 'tmp'), [], ['!!file c', 'create {d}/c {k}'],
@@ -105,6 +108,13 @@ CASES = [
 
 RESTORED = re.compile(r'^state: restored session from ', re.M)
 
+# Run by the supervisor before each virtiofsd it starts ($1: the gate
+# file): while the gate exists the (re)start waits, so that the test can
+# act while the daemon is dead, for as long as it takes
+GATE_WRAPPER = ('if [ -e "$1" ]; then echo "gate: holding the restart" >&2; '
+                'while [ -e "$1" ]; do sleep 0.01; done; '
+                'echo "gate: released" >&2; fi; shift; exec "$@"')
+
 
 def make(root, spec):
     kind, name = spec[0], spec[1]
@@ -127,9 +137,12 @@ def snapshot(root):
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
             entry = [os.path.relpath(path, root), stat.S_IFMT(st.st_mode),
+                     oct(stat.S_IMODE(st.st_mode)), st.st_uid, st.st_gid,
                      st.st_nlink]
             if stat.S_ISREG(st.st_mode):
                 entry.append(st.st_size)
+                with open(path, 'rb') as f:
+                    entry.append(hashlib.sha256(f.read()).hexdigest()[:16])
             if stat.S_ISLNK(st.st_mode):
                 entry.append(os.readlink(path))
             else:
@@ -156,9 +169,11 @@ class CrashPointsTest(unittest.TestCase):
             cls.state = os.path.join(cls.h.dir, 'state')
             os.mkdir(cls.state, 0o700)
             env = dict(os.environ, VIRTIOFSD_CRASH_POINTS='1')
+            cls.gate = os.path.join(cls.h.dir, 'gate')
             cls.sup = cls.h.start_supervised_virtiofsd(
                 cls.state, options=('cache=auto', 'xattr'), env=env,
-                sup_opts=('--restart-delay-ms=300',))
+                sup_opts=('--restart-delay-ms=300',),
+                wrapper=('/bin/sh', '-c', GATE_WRAPPER, 'gate', cls.gate))
             cls.hold = cls.h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
         except BaseException:
             cls.h.close()
@@ -256,16 +271,24 @@ class CrashPointsTest(unittest.TestCase):
                 make(os.path.join(h.shared, d), c.lstrip('!').split())
                 continue
             died = sup.output().count('crash point ')
-            seq = hold.send(c.format(d=d, k=key))
             if later:
-                # Someone else, while the daemon is dead
-                deadline = time.monotonic() + 15
-                while sup.output().count('crash point ') == died:
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.005)
-                make(os.path.join(h.shared, d), later)
+                # Someone else, while the daemon is dead: after the crash
+                # point fired, before the restart the gate holds
+                with open(self.gate, 'w'):
+                    pass
+                try:
+                    seq = hold.send(c.format(d=d, k=key))
+                    deadline = time.monotonic() + 15
+                    while sup.output().count('crash point ') == died:
+                        if time.monotonic() > deadline:
+                            break
+                        time.sleep(0.005)
+                    make(os.path.join(h.shared, d), later)
+                finally:
+                    os.unlink(self.gate)
                 later = None
+            else:
+                seq = hold.send(c.format(d=d, k=key))
             line = hold.wait(seq, timeout=60)
             out.append((line.op, line.result))
         return out
