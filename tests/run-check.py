@@ -394,9 +394,12 @@ UPSTREAM_BUILD = os.path.join(TOP, 'qemu-upstream', 'build')
 UPSTREAM_DIR = os.path.join(TOP, 'tests', 'upstream')
 # The upstream queue's qtests on the vhost-user-fs node
 QTEST_UPSTREAM_FS_EXPECTED = ['read-guest-mem/memfile', 'reconnect',
-                              'inflight-reset', 'inflight-refused',
-                              'flags-mismatch', 'migrate-disconnected',
-                              'no-inflight', 'packed']
+                              'reconnect-mq', 'inflight-reset',
+                              'inflight-refused', 'inflight-start-death',
+                              'flags-mismatch', 'handshake-death',
+                              'reset-disconnected', 'stop-cont-disconnected',
+                              'migrate-disconnected', 'no-inflight',
+                              'packed']
 
 
 def stage_upstream(t, args):
