@@ -14,6 +14,15 @@
 
 SHELL := /bin/bash
 TOP := $(CURDIR)
+
+# ccache (Debian's package) for both QEMU trees.  QEMU's configure names
+# the compiler itself, so meson adds no ccache; its masquerade directory
+# first on PATH does.  Paths under the top directory are hashed relative
+# to it and the working directory is left out of the hash, so a fresh
+# clone elsewhere reuses what an earlier build compiled.
+export PATH := /usr/lib/ccache:$(PATH)
+export CCACHE_BASEDIR := $(TOP)
+export CCACHE_NOHASHDIR := 1
 QEMU_SRC := $(TOP)/qemu
 QEMU_BUILD := $(QEMU_SRC)/build
 GUEST_DIR := $(TOP)/build/guest
@@ -84,7 +93,8 @@ demo: build guest
 	@$(PYTHON) $(TOP)/tests/demo.py
 
 # Ends with "torture: N cycles, E io-errors, M mismatches, H hung,
-# L leaked-fds"; fails unless E, M, H and L are 0.
+# L leaked-fds, F fio-errors, S stress-errors, C daemon-crashes"; fails
+# unless N is CYCLES and all the others are 0.
 CYCLES ?= 100
 SEED ?= 1
 torture: build guest

@@ -4,7 +4,8 @@
 # vhost-user including the vhost-user netdev (QEMU's existing vhost-user
 # qtests are virtio-net based), virtiofsd, seccomp, libcap-ng, tools and
 # qtests.  Docs off; ROM blobs come from Debian's seabios, qemu-system-data
-# and ipxe-qemu at run time.  meson uses ccache by itself when it is on PATH.
+# and ipxe-qemu at run time.  ccache comes from the Makefile, which puts
+# its masquerade directory (/usr/lib/ccache) first on PATH.
 # Debian's meson is used (the source package has no meson submodule); it
 # runs on Debian's python3, which configure then picks up from PATH first.
 #
