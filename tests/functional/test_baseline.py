@@ -45,9 +45,11 @@ class BaselineTest(unittest.TestCase):
             # with the same program, on the host side of the share.
             wl = os.path.join(vmharness.TOP, 'tests', 'guest', 'workload')
             host_args = [a.replace('/mnt', h.shared) for a in DATA_ARGS]
-            r = subprocess.run([wl, 'data', '--verify-only'] + host_args,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               timeout=120)
+            # Each file at the generation the guest last wrote to it
+            gens = vmharness.written_gens(console, WORKERS, FILES)
+            r = subprocess.run([wl, 'data', '--verify-only', '--gens', gens]
+                               + host_args, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=120)
             out = r.stdout.decode()
             self.assertEqual(r.returncode, 0, out[-2000:])
             hs, _ = vmharness.parse_workload(out)

@@ -12,7 +12,8 @@
  *
  * Subcommands:
  *   data --dir D --workers N --files F --size BYTES --bs BLOCK [--seed S]
- *        [--verify-only] [--gen G] [--duration-ms MS]
+ *        [--verify-only [--gen G | --gens G,G,...]] [--gen G]
+ *        [--duration-ms MS]
  *   meta --dir D --workers N --iters K [--seed S] [--require-xattr]
  *        [--duration-ms MS]    (stop after K iterations or MS ms)
  *   all  --dir D --workers N --files F --size BYTES --bs BLOCK --iters K
@@ -46,7 +47,13 @@
  *   WL w0 7 mismatch D/w0.f1 err=MISMATCH block=3 what=payloadcrc at=100
  * Generation g is used in round g (--duration-ms loops over rounds; --gen
  * sets the first one).  --verify-only without --gen takes the generation
- * from block 0 of each file and requires every block to carry it.
+ * from block 0 of each file and requires every block to carry it (so a
+ * whole file rolled back to an older generation passes); with --gen G
+ * every block of every file must carry G, with --gens one generation per
+ * file, workers x files of them, w0.f0 first then w0.f1, ... (the hosts
+ * pass what the guest's last "write ... ok ... gen=G" line of each file
+ * says; commas, so not through the guest's wl.run).  A file whose length
+ * is not --size is a mismatch (what=size).
  *
  * meta: worker i works in D/m<i> (in "all", meta workers are numbered after
  * the N data workers) and removes it at the end.
@@ -100,6 +107,8 @@ typedef struct Options {
     uint64_t workers, files, iters, seed;
     uint64_t size, bs;          /* bytes */
     uint64_t gen;               /* GEN_AUTO unless --gen */
+    const char *gens_arg;       /* --gens */
+    uint32_t *gens;             /* its values, workers x files */
     uint64_t duration_ms;       /* 0: one round */
     bool verify_only, require_xattr;
 } Options;
@@ -404,6 +413,18 @@ static bool data_file(Worker *w, unsigned j, bool wr, uint32_t gen,
     if (wr && ftruncate(fd, opts.size) < 0) {
         err = log_errno(w, "ftruncate", path, -1);
     }
+    if (!wr) {
+        struct stat st;
+
+        if (fstat(fd, &st) < 0) {
+            err = log_errno(w, "fstat", path, -1);
+        } else if ((uint64_t)st.st_size != opts.size) {
+            bad++;
+            wl_logx(w, "mismatch", path, RES_MISMATCH, LOG_NOMS,
+                    "what=size got=%lld want=%" PRIu64,
+                    (long long)st.st_size, opts.size);
+        }
+    }
     for (k = 0; k < nb && !err; k++) {
         len = opts.size - (uint64_t)k * opts.bs;
         len = len < opts.bs ? len : opts.bs;
@@ -470,7 +491,7 @@ static void *data_worker(void *arg)
     uint8_t *exp = malloc(opts.bs);
     uint8_t *got = malloc(opts.bs);
     bool *wrote = calloc(opts.files, sizeof(bool));
-    bool gen_auto = opts.gen == GEN_AUTO;
+    bool gen_auto = opts.gen == GEN_AUTO && !opts.gens;
     uint32_t gen0 = gen_auto ? 0 : opts.gen;
     int64_t t_start = now_ns();
     uint32_t round, gen;
@@ -487,8 +508,9 @@ static void *data_worker(void *arg)
         }
         for (j = 0; j < opts.files; j++) {
             if (opts.verify_only || wrote[j]) {
-                data_file(w, j, false, gen, opts.verify_only && gen_auto,
-                          exp, got);
+                data_file(w, j, false,
+                          opts.gens ? opts.gens[w->id * opts.files + j] : gen,
+                          opts.verify_only && gen_auto, exp, got);
             }
         }
         if ((now_ns() - t_start) / 1000000 >= (int64_t)opts.duration_ms ||
@@ -1165,14 +1187,52 @@ usage_error(const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "\n"
         "usage: workload data --dir D --workers N --files F --size BYTES "
-        "--bs BLOCK\n        [--seed S] [--verify-only] [--gen G] "
-        "[--duration-ms MS]\n"
+        "--bs BLOCK\n        [--seed S] [--verify-only [--gens G,G,...]] "
+        "[--gen G] [--duration-ms MS]\n"
         "       workload meta --dir D --workers N --iters K [--seed S] "
         "[--require-xattr]\n"
         "       workload all --dir D --workers N --files F --size BYTES "
         "--bs BLOCK --iters K\n        [data and meta options]\n"
         "       workload hold --dir D   (commands on stdin)\n");
     exit(2);
+}
+
+/* --gens G,G,...: one generation per data file, workers x files */
+static void parse_gens(void)
+{
+    const char *p = opts.gens_arg;
+    uint64_t n = opts.workers * opts.files, k, v;
+    char num[24];
+    size_t l;
+
+    if (!opts.verify_only || opts.gen != GEN_AUTO) {
+        usage_error("--gens goes with --verify-only and without --gen");
+    }
+    if (n > strlen(p) / 2 + 1 || !(opts.gens = calloc(n, sizeof(uint32_t)))) {
+        usage_error("--gens needs %" PRIu64 " generations (workers x files)",
+                    n);
+    }
+    for (k = 0; k < n; k++) {
+        l = strcspn(p, ",");
+        if (!l || l >= sizeof(num)) {
+            usage_error("--gens needs %" PRIu64 " generations (workers x "
+                        "files)", n);
+        }
+        memcpy(num, p, l);
+        num[l] = 0;
+        if (!parse_u64(num, &v, false) || v > UINT32_MAX) {
+            usage_error("bad generation '%s' in --gens", num);
+        }
+        opts.gens[k] = v;
+        p += l;
+        if (*p == ',' && k + 1 < n) {
+            p++;
+        }
+    }
+    if (*p) {
+        usage_error("--gens needs %" PRIu64 " generations (workers x files)",
+                    n);
+    }
 }
 
 static void parse_args(int argc, char **argv)
@@ -1199,6 +1259,7 @@ static void parse_args(int argc, char **argv)
         { "--require-xattr", MA, 'f', &opts.require_xattr, 0, 0 },
         { "--stat-dir", DA | MA, 's', &opts.stat_dir, 0, 0 },
         { "--stop-file", DA | MA, 's', &opts.stop_file, 0, 0 },
+        { "--gens", DA, 's', &opts.gens_arg, 0, 0 },
     };
     static const char *const cmd_names[] = { "data", "meta", "all", "hold" };
     /* required options of each subcommand, as bits of table[] indexes */
@@ -1270,6 +1331,9 @@ static void parse_args(int argc, char **argv)
     }
     if ((opts.cmd & DA) && opts.size / opts.bs >= UINT32_MAX) {
         usage_error("too many blocks per file");
+    }
+    if (opts.gens_arg) {
+        parse_gens();
     }
 }
 

@@ -432,6 +432,24 @@ def parse_workload(text):
     return summary, bad
 
 
+# A data worker's "write" line: its file and the generation it now holds
+WL_WRITE = re.compile(r'^WL w\d+ \d+ write \S*/(w\d+\.f\d+) ok .*\bgen=(\d+)',
+                      re.M)
+
+
+def written_gens(text, workers, files):
+    """For "workload data --verify-only --gens": the generation of each
+    data file w<i>.f<j> (w0.f0, w0.f1, ...) that the last "write ... ok"
+    line of it in the guest's log says, so that a file rolled back to an
+    older generation, whole and consistent, fails the host's check."""
+    last = dict(WL_WRITE.findall(text))
+    names = ['w%d.f%d' % (i, j) for i in range(workers) for j in range(files)]
+    missing = [n for n in names if n not in last]
+    if missing:
+        raise RuntimeError('the guest never wrote %s' % ' '.join(missing))
+    return ','.join(last[n] for n in names)
+
+
 def unix_connect(path, timeout=10):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -129,7 +129,15 @@ def run(cycles, seed, keep):
         # The host sees what the guest wrote
         if not hung:
             wl = os.path.join(vmharness.TOP, 'tests', 'guest', 'workload')
-            r = subprocess.run([wl, 'data', '--verify-only', '--dir',
+            # Each file at the generation the guest last wrote to it
+            try:
+                gens = vmharness.written_gens(h.read_console(), WORKERS,
+                                              FILES)
+            except RuntimeError as e:
+                progress('host: %s' % e)
+                gens = ','.join(['0'] * (WORKERS * FILES))
+            r = subprocess.run([wl, 'data', '--verify-only', '--gens', gens,
+                                '--dir',
                                 os.path.join(h.shared, 'data'), '--workers',
                                 str(WORKERS), '--files', str(FILES),
                                 '--size', str(SIZE), '--bs', str(BS),
