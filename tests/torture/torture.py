@@ -3,20 +3,39 @@
 
 One guest runs the verified workload ("all": data workers write, fsync
 and verify checksummed blocks, meta workers churn names, links, xattrs and
-locks) while virtiofsd -o reconnect runs under virtiofsd-supervisor and
-QEMU reconnects with reconnect-ms.  The host SIGKILLs the daemon every
-0.2-1.2 s (random, seeded), CYCLES times, then lets the workload finish,
-verifies the data again on the host, and checks the keeper:
+locks) and, each in a directory of its own, two standard clients from
+Debian that we did not write: fio (randrw, --verify=crc32c with a verify
+backlog, O_DIRECT so reads go to the daemon) and stress-ng's file-system
+stressors with --verify (see STRESS).  virtiofsd -o reconnect runs under
+virtiofsd-supervisor and QEMU reconnects with reconnect-ms.  The host
+SIGKILLs the daemon every 0.2-1.2 s (random, seeded), CYCLES times, then
+creates the stop file.  The guest finishes and waits ("GUEST IDLE", share
+still mounted, nothing running, wl.idle): the host kills the daemon once
+more and counts the keeper's fds at rest, so that nothing changes under
+the count, lets the guest power off and verifies the data on the host:
 
-  io-errors    workload steps that failed with an errno (EIO, ESTALE, ...)
-  mismatches   blocks or metadata whose content was wrong
-  hung         1 if the guest made no progress for HANG_S seconds
-  leaked-fds   fds in the supervisor beyond what the restored daemon holds
+  cycles        kills done under load; fewer than asked fails (the
+                workload ending first is a failure, not a shorter run)
+  io-errors     workload lines with an errno result (every err= line
+                counts, also those the workload leaves out of its summary)
+  mismatches    blocks or metadata whose content was wrong (guest or host)
+  hung          1 if the guest made no progress for HANG_S seconds
+  leaked-fds    fds in the supervisor beyond what the restored daemon
+                holds (the fds from the store and reopened by handle of
+                its restore line, plus one for the mount namespace),
+                counted at rest; "?" (a failure) when the check could
+                not run
+  fio-errors    fio verify failures and I/O errors (a failed run with no
+                error line counts 1; no result line from the guest counts 1)
+  stress-errors stress-ng "fail:" and "error:" lines, failed or skipped
+                stressors (likewise)
+  daemon-crashes  daemon exits the host did not cause (abort, exit status)
 
 Last line: "torture: N cycles, E io-errors, M mismatches, H hung,
-L leaked-fds"; the exit status is 0 only if E, M, H and L are all 0.
+L leaked-fds, F fio-errors, S stress-errors, C daemon-crashes"; the exit
+status is 0 only if N is the number asked and all the others are 0.
 
-Usage: torture.py [--cycles N] [--seed S] [--keep]
+Usage: torture.py [--cycles N] [--seed S] [--keep] [--no-clients]
 """
 
 import argparse
@@ -37,6 +56,27 @@ RESTORED = re.compile(r'^state: restored session from \S+: (\d+) inodes, '
                       r'(\d+) reopened by handle, (\d+) stale\) in (\d+) us',
                       re.M)
 WORKERS, FILES, SIZE, BS = 2, 2, 1 << 20, 65536
+# fio: random 4 KiB reads and writes on a 2 MiB file, each written block
+# verified (crc32c header) within 64 writes and again at the end of a run;
+# O_DIRECT so that reads come from the daemon, not the guest's page cache
+FIO = ['--name=torture', '--directory=/mnt/fio', '--rw=randrw', '--bs=4k',
+       '--size=2m', '--ioengine=psync', '--direct=1', '--verify=crc32c',
+       '--verify_backlog=64']
+# stress-ng's file-system stressors, one instance each, with --verify.
+# All ten asked for work on virtiofs here: --xattr needs the daemon's
+# -o xattr (set below); --flock takes locks with LOCK_NB where it can and
+# the daemon answers a blocking flock EOPNOTSUPP, which stress-ng
+# tolerates; --lockf's POSIX locks stay in the guest kernel (no
+# -o posix_lock).  --link and --symlink make 8192 names per bogo op, so a
+# run lasts about 45 s under TCG whatever --timeout says; 30 s lets the
+# others (--xattr does 0 to 2 bogo ops in 10 s) do more in that time.
+STRESS = ['--dir', '1', '--rename', '1', '--link', '1', '--symlink', '1',
+          '--dentry', '1', '--flock', '1', '--lockf', '1', '--xattr', '1',
+          '--chmod', '1', '--utime', '1', '--verify', '--timeout', '30s',
+          '--temp-path', '/mnt/stress', '--metrics-brief']
+CLIENTS_INITRD = os.path.join(vmharness.GUEST_DIR, 'initrd-clients.img')
+EXITED = re.compile(r'^virtiofsd-supervisor: \S+ pid \d+ exited \(([^)]*)\)',
+                    re.M)
 
 
 def progress(msg):
@@ -51,8 +91,23 @@ def fd_count(pid):
     return len(os.listdir('/proc/%d/fd' % pid))
 
 
+def fd_targets(pid):
+    """fd number -> what it is, for the report of a leak"""
+    res = {}
+    for fd in os.listdir('/proc/%d/fd' % pid):
+        try:
+            res[int(fd)] = os.readlink('/proc/%d/fd/%s' % (pid, fd))
+        except OSError:
+            pass
+    return res
+
+
 def restores(sup):
     return RESTORED.findall(sup.output())
+
+
+def restores_text(sup):
+    return [m.group(0) for m in RESTORED.finditer(sup.output())]
 
 
 def wait_restore(h, sup, n, timeout=30):
@@ -66,45 +121,162 @@ def wait_restore(h, sup, n, timeout=30):
         time.sleep(0.005)
 
 
-def run(cycles, seed, keep):
+def guest_progress(h, steps, timeout=HANG_S):
+    """Wait until the workload logs a step beyond steps (or the guest is
+    done); False if it did not within timeout."""
+    deadline = time.monotonic() + timeout
+    while wl_steps(h) <= steps and \
+            not re.search(r'^GUEST DONE', h.read_console(), re.M):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def check_fds(h, sup, base_fds):
+    """Kill the daemon once more while the guest is idle (it waits in
+    "GUEST IDLE", share mounted, nothing open) and compare the
+    supervisor's fds with what the restored daemon claims.  Returns the
+    number of leaked fds, or None (with the reason printed) if the check
+    could not run."""
+    if not sup.alive() or not h.qemu.alive():
+        progress('leak check could not run: the %s is gone'
+                 % ('supervisor' if not sup.alive() else 'guest'))
+        return None
+    try:
+        n = len(restores(sup))
+        os.kill(h.supervised_child_pid(), signal.SIGKILL)
+        wait_restore(h, sup, n + 1)
+        last = restores(sup)[-1]
+        held = int(last[3]) + int(last[4])
+        # The supervisor handles the daemon's FDSTOREREMOVEs of what it
+        # does not claim after the restore line: count once the number
+        # has not changed for 0.5 s (the guest is idle), or after 5 s
+        deadline = time.monotonic() + 5
+        last_n, same = None, 0
+        while same < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            n = fd_count(sup.pid)
+            same = same + 1 if n == last_n else 0
+            last_n = n
+        # Besides the inodes' fds the keeper holds one fd of the sandbox's
+        # mount namespace, which the restore line leaves out
+        mnt = sum(1 for t in fd_targets(sup.pid).values()
+                  if t.startswith('mnt:['))
+        leaked = fd_count(sup.pid) - base_fds - held - min(mnt, 1)
+    except (RuntimeError, TimeoutError, OSError) as e:
+        progress('leak check could not run: %s' % str(e).splitlines()[0])
+        return None
+    if leaked != 0:
+        progress('supervisor holds %d fds, %d at start, the daemon '
+                 'claims %d' % (fd_count(sup.pid), base_fds, held))
+        for fd, what in sorted(fd_targets(sup.pid).items()):
+            progress('  fd %d: %s' % (fd, what))
+        progress('  restore: ' + restores_text(sup)[-1])
+    return max(0, leaked)
+
+
+def workload_counts(console):
+    """io-errors and mismatches from the workload's lines: the larger of
+    its summary and the err= lines themselves (the summary leaves some
+    out: an unsupported xattr, the write/verify lines that repeat a
+    failure logged before them)."""
+    summary, bad = vmharness.parse_workload(console)
+    mism_lines = [b for b in bad if ' err=MISMATCH' in b]
+    errno_lines = [b for b in bad if b not in mism_lines]
+    # "write"/"verify" lines repeat a failure logged on its own line; they
+    # count alone only if no other line carries it
+    own = [b for b in errno_lines if b.split()[3] not in ('write', 'verify')]
+    errors = max(len(own), 1 if errno_lines else 0)
+    mism_own = [b for b in mism_lines
+                if b.split()[3] not in ('write', 'verify')]
+    mismatches = max(len(mism_own), 1 if mism_lines else 0)
+    if summary:
+        errors = max(errors, summary['errors'])
+        mismatches = max(mismatches, summary['mismatches'])
+    else:
+        progress('no workload summary')
+        errors = max(errors, 1)
+    for line in bad[:20]:
+        progress('guest: ' + line)
+    return errors, mismatches
+
+
+def client_errors(console, name):
+    """A client's error count from its END line; 1 if there is none."""
+    for line in re.findall(r'^GUEST %s\| .*$' % name, console, re.M)[:20]:
+        progress('guest: ' + line)
+    # stress-ng's last run: bogo ops per stressor (one doing nothing shows)
+    if name == 'STRESS':
+        last = console.rfind('\nGUEST STRESS run=')
+        for line in re.findall(r'^GUEST STRESS: .*$', console[:last],
+                               re.M)[-11:]:
+            progress('guest: ' + line)
+    runs = re.findall(r'^GUEST %s run=\d+ rc=(\d+) errors=\d+' % name,
+                      console, re.M)
+    m = re.search(r'^GUEST %s END runs=(\d+) errors=(\d+)' % name,
+                  console, re.M)
+    if not m:
+        progress('%s: no result line from the guest' % name.lower())
+        return 1
+    progress('%s: %s runs, %s errors' % (name.lower(), m.group(1),
+                                         m.group(2)))
+    return int(m.group(2)) + (0 if runs else 1)
+
+
+def run(cycles, seed, keep, clients=True):
     rng = random.Random(seed)
     hung = 0
+    kills = 0
     with vmharness.Harness('torture', keep=keep) as h:
-        os.mkdir(os.path.join(h.shared, 'data'))
+        for d in ('data', 'fio', 'stress'):
+            os.mkdir(os.path.join(h.shared, d))
         state = os.path.join(h.dir, 'state')
         os.mkdir(state, 0o700)
         sup = h.start_supervised_virtiofsd(
             state, options=('cache=auto', 'xattr', 'flock'))
         base_fds = fd_count(sup.pid)
+        progress('supervisor fds at start: %s' % ', '.join(
+            '%d %s' % kv for kv in sorted(fd_targets(sup.pid).items())))
         # The workload runs until the host creates the stop file after the
         # last kill; the duration is only a bound
         duration = int((cycles * 5 + 120) * 1000)
         stop = os.path.join(h.shared, 'stop')
+        idle = os.path.join(h.shared, 'idle')
         args = ['all', '--dir', '/mnt/data', '--workers', str(WORKERS),
                 '--files', str(FILES), '--size', str(SIZE), '--bs', str(BS),
                 '--iters', '100000000', '--duration-ms', str(duration),
                 '--stop-file', '/mnt/stop', '--seed', str(seed)]
-        h.start_qemu('wl.run=' + ','.join(args),
-                     chardev_opts=',reconnect-ms=10')
-        h.wait_console(r'^GUEST MOUNT ok', 120, 'the mount')
+        append = 'wl.run=' + ','.join(args) + ' wl.idle=/mnt/idle'
+        extra = []
+        if clients:
+            append += ' wl.stop=/mnt/stop wl.fio=%s wl.stress=%s' % (
+                ','.join(FIO), ','.join(STRESS))
+            # The second -initrd wins: the image with fio and stress-ng
+            extra = ['-initrd', CLIENTS_INITRD]
+        h.start_qemu(append, chardev_opts=',reconnect-ms=10', extra=extra)
+        h.wait_console(r'^GUEST MOUNT ok', 180, 'the mount')
         t_start = time.monotonic()
         for cycle in range(1, cycles + 1):
             time.sleep(rng.uniform(0.2, 1.2))
-            if re.search(r'^GUEST DONE', h.read_console(), re.M):
-                progress('the workload ended before cycle %d' % cycle)
+            if re.search(r'^GUEST (RUN|DONE)', h.read_console(), re.M):
+                progress('the workload ended before kill %d of %d'
+                         % (cycle, cycles))
                 break
             steps = wl_steps(h)
-            os.kill(h.supervised_child_pid(), signal.SIGKILL)
-            wait_restore(h, sup, cycle)
+            n = len(restores(sup))
+            try:
+                os.kill(h.supervised_child_pid(), signal.SIGKILL)
+                kills += 1
+                wait_restore(h, sup, n + 1)
+            except (RuntimeError, TimeoutError) as e:
+                # No daemon serves the share any more: the guest is stuck
+                hung = 1
+                progress('cycle %d: %s' % (cycle, str(e).splitlines()[0]))
+                break
             # The guest must make progress again
-            deadline = time.monotonic() + HANG_S
-            while wl_steps(h) <= steps and \
-                    not re.search(r'^GUEST DONE', h.read_console(), re.M):
-                if time.monotonic() > deadline:
-                    hung = 1
-                    break
-                time.sleep(0.01)
-            if hung:
+            if not guest_progress(h, steps):
+                hung = 1
                 progress('cycle %d: no guest progress within %d s'
                          % (cycle, HANG_S))
                 break
@@ -112,19 +284,32 @@ def run(cycles, seed, keep):
                 progress('%d/%d cycles, %d workload steps, %.0f s'
                          % (cycle, cycles, wl_steps(h),
                             time.monotonic() - t_start))
-        done = cycle
+
+        # The guest finishes, then waits with the share mounted: the last
+        # restart and the fd count happen at rest, before it powers off
+        # (after that QEMU exits and so does the supervisor)
+        leaked = None
         if not hung:
             open(stop, 'w').close()
             try:
-                h.wait_console(r'^GUEST DONE rc=\d+', 300,
-                               'the end of the workload')
-            except TimeoutError:
+                h.wait_console(r'^GUEST IDLE', 300, 'the end of the workload')
+                leaked = check_fds(h, sup, base_fds)
+                open(idle, 'w').close()
+                h.wait_console(r'^GUEST DONE rc=\d+', HANG_S + 30,
+                               'the end after the leak check')
+            except (TimeoutError, RuntimeError) as e:
+                progress(str(e).splitlines()[0])
                 hung = 1
-        summary, bad = vmharness.parse_workload(h.read_console())
-        errors = summary['errors'] if summary else len(bad) or 1
-        mismatches = summary['mismatches'] if summary else 0
-        for line in bad[:20]:
-            progress('guest: ' + line)
+        else:
+            progress('leak check could not run: the guest hung')
+        console = h.read_console()
+        errors, mismatches = workload_counts(console)
+        fio_errors = client_errors(console, 'FIO') if clients else 0
+        stress_errors = client_errors(console, 'STRESS') if clients else 0
+        exits = EXITED.findall(sup.output())
+        crashes = [x for x in exits if x not in ('signal 9', 'status 0')]
+        for x in sorted(set(crashes)):
+            progress('daemon exited (%s) %d times' % (x, crashes.count(x)))
 
         # The host sees what the guest wrote
         if not hung:
@@ -152,24 +337,18 @@ def run(cycles, seed, keep):
                 for line in hbad[:10]:
                     progress('host: ' + line)
 
-        # Leaked fds: one more restart at rest, then the keeper must hold
-        # exactly what the restored daemon claims
-        leaked = 0
-        if sup.alive() and not hung:
-            n = len(restores(sup))
-            os.kill(h.supervised_child_pid(), signal.SIGKILL)
-            wait_restore(h, sup, n + 1)
-            last = restores(sup)[-1]
-            held = int(last[3]) + int(last[4])
-            time.sleep(0.2)
-            leaked = max(0, fd_count(sup.pid) - base_fds - held)
-            if leaked:
-                progress('supervisor holds %d fds, %d at start, the daemon '
-                         'claims %d' % (fd_count(sup.pid), base_fds, held))
+        if kills < cycles:
+            progress('%d kills of the %d asked' % (kills, cycles))
         print('torture: %d cycles, %d io-errors, %d mismatches, %d hung, '
-              '%d leaked-fds' % (done, errors, mismatches, hung, leaked),
-              flush=True)
-        return 0 if not (errors or mismatches or hung or leaked) else 1
+              '%s leaked-fds, %d fio-errors, %d stress-errors, '
+              '%d daemon-crashes'
+              % (kills, errors, mismatches, hung,
+                 '?' if leaked is None else leaked, fio_errors,
+                 stress_errors, len(crashes)), flush=True)
+        ok = (kills == cycles and leaked == 0 and not
+              (errors or mismatches or hung or fio_errors or stress_errors
+               or crashes))
+        return 0 if ok else 1
 
 
 def main():
@@ -177,11 +356,14 @@ def main():
     ap.add_argument('--cycles', type=int, default=20)
     ap.add_argument('--seed', type=int, default=1)
     ap.add_argument('--keep', action='store_true')
+    ap.add_argument('--no-clients', action='store_true',
+                    help='only our workload (no fio, no stress-ng): for '
+                    'debugging, the torture line then reads 0 for them')
     a = ap.parse_args()
     os.environ.setdefault('VIRTIOFS_TEST_WORKDIR',
                           os.path.join(vmharness.TOP, 'build', 'results',
                                        'work'))
-    return run(a.cycles, a.seed, a.keep)
+    return run(a.cycles, a.seed, a.keep, not a.no_clients)
 
 
 if __name__ == '__main__':
