@@ -225,6 +225,10 @@ def client_errors(console, name):
 
 
 def run(cycles, seed, keep, clients=True):
+    if clients and not os.path.exists(CLIENTS_INITRD):
+        progress('%s is missing: run "make guest" (tests/guest/'
+                 'build-image.sh writes it)' % CLIENTS_INITRD)
+        return 1
     rng = random.Random(seed)
     hung = 0
     kills = 0
