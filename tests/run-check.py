@@ -410,7 +410,7 @@ QTEST_UPSTREAM_FS_EXPECTED = ['read-guest-mem/memfile', 'reconnect',
                               'flags-mismatch', 'handshake-death',
                               'reset-disconnected', 'stop-cont-disconnected',
                               'migrate-disconnected', 'no-inflight',
-                              'packed']
+                              'no-inflight-paused', 'packed']
 
 
 def stage_upstream(t, args):
