@@ -147,7 +147,11 @@ def stage_unit(t, args):
 # The series' qtests on the vhost-user-fs node (vhost-user/<name>)
 QTEST_FS_EXPECTED = ['read-guest-mem/memfile', 'reconnect-server',
                      'connect-fail', 'reconnect', 'inflight', 'reconnect-ms',
-                     'reconnect-stopped', 'no-inflight', 'flags-mismatch']
+                     'reconnect-stopped', 'reset-disconnected', 'stop-cont',
+                     'unplug-disconnected', 'resume-idle',
+                     'no-inflight-stall', 'packed', 'inflight-refused',
+                     'handshake-death', 'inflight-death', 'multiqueue',
+                     'multiqueue-inflight', 'flags-mismatch']
 
 
 def qtest_paths(build):
