@@ -23,6 +23,7 @@ restored.
 import hashlib
 import os
 import re
+import signal
 import stat
 import time
 import unittest
@@ -104,6 +105,12 @@ CASES = [
       'close {k}']),
     ('WRITE', POINTS, [('file', 'a', 100)],
      ['openf {d}/a {k} rdwr', 'write {k} 50 4096 3', 'close {k}']),
+    # Someone on the host appends while the daemon is dead, after the
+    # guest's append reached it: the file grew, but not by our write,
+    # which must still land (after the host's bytes)
+    ('WRITE', ('before',), [('file', 'a', 100)],
+     ['openf {d}/a {k} wronly,append', '!!append a 50',
+      'write {k} 100 4096 3', 'close {k}']),
 ]
 
 RESTORED = re.compile(r'^state: restored session from ', re.M)
@@ -121,6 +128,10 @@ def make(root, spec):
     path = os.path.join(root, name)
     if kind == 'dir':
         os.mkdir(path)
+        return
+    if kind == 'append':
+        with open(path, 'ab') as f:
+            f.write(b'h' * int(spec[2]))
         return
     with open(path, 'wb') as f:
         f.write(b'\0' * (spec[2] if len(spec) > 2 else 0))
@@ -259,6 +270,81 @@ class CrashPointsTest(unittest.TestCase):
         out = sup.output()[since:]
         self.assertEqual(len(POISON.findall(out)), 1)
         self.assertEqual(out.count('crash point '), 3)
+
+    def test_poison_abort(self):
+        """The same with a real crash: abort(3), as glibc's fortify checks
+        die ("invalid openat64 call"), is caught as SIGABRT and counted;
+        after 3 the request is answered EIO and the share goes on."""
+        h, sup, hold = self.h, self.sup, self.hold
+        d = 'poison-abort'
+        os.mkdir(os.path.join(h.shared, d))
+        self.assertTrue(hold.cmd('stat %s' % d, timeout=60).ok)
+        since = len(sup.output())
+        spec = os.path.join(self.state, 'crash-at')
+        with open(spec, 'w') as f:
+            f.write('abort MKDIR:before\n')
+        try:
+            line = hold.cmd('mkdir %s/p' % d, timeout=90)
+        finally:
+            os.unlink(spec)
+        out = sup.output()[since:]
+        self.assertEqual(line.result, 'err=EIO',
+                         'the guest got %s\n%s' % (line, out[-3000:]))
+        self.assertEqual(out.count('crash point MKDIR:before: aborting'), 3,
+                         out[-3000:])
+        self.assertEqual([(p[0], p[2]) for p in POISON.findall(out)],
+                         [('MKDIR', '3')], out[-3000:])
+        for c in ('mkdir %s/q' % d, 'statdir %s' % d):
+            r = hold.cmd(c, timeout=60)
+            self.assertTrue(r.ok, '%s: %s\n%s' % (c, r, h.log_tail(40)))
+        self.assertEqual(os.listdir(os.path.join(h.shared, d)), ['q'])
+
+    def test_sigkill_replay(self):
+        """SIGKILLs from outside are no crash of the daemon: a request
+        whose handler runs each time the daemon is killed (replayed
+        first after each restart, as a watchdog or a torture run would
+        catch it) is not answered EIO, however often; once the daemon may
+        finish it, it succeeds, run once."""
+        h, sup, hold = self.h, self.sup, self.hold
+        d = 'sigkill'
+        kills = 5
+        os.mkdir(os.path.join(h.shared, d))
+        self.assertTrue(hold.cmd('stat %s' % d, timeout=60).ok)
+        since = len(sup.output())
+        stalled = 'stall point MKDIR:before: waiting'
+        spec = os.path.join(self.state, 'crash-at')
+        with open(spec, 'w') as f:
+            f.write('stall MKDIR:before\n')
+        try:
+            seq = hold.send('mkdir %s/k' % d)
+            for i in range(kills + 1):
+                # The request's handler runs (the first time or replayed),
+                # or the daemon answered it EIO instead
+                vmharness.wait_until(
+                    lambda: (sup.output()[since:].count(stalled) > i or
+                             POISON.search(sup.output()[since:])),
+                    'the mkdir running in daemon %d' % (i + 1), 30)
+                self.assertEqual(POISON.findall(sup.output()[since:]), [],
+                                 'after %d SIGKILLs' % i)
+                if i == kills:
+                    break
+                tree = vmharness.process_tree(h.supervised_child_pid())
+                for pid in reversed(tree):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        finally:
+            os.unlink(spec)
+        line = hold.wait(seq, timeout=60)
+        out = sup.output()[since:]
+        self.assertEqual(line.result, 'ok', 'the guest got %s\n%s'
+                         % (line, out[-3000:]))
+        self.assertEqual(POISON.findall(out), [])
+        self.assertEqual(out.count(stalled), kills + 1)
+        self.assertEqual(sorted(os.listdir(os.path.join(h.shared, d))),
+                         ['k'])
+        self.assertTrue(hold.cmd('statdir %s' % d, timeout=60).ok)
 
     def run_guest(self, h, sup, hold, d, key, cmds, crash):
         out = []

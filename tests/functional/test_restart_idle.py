@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import sys
 import time
 import unittest
@@ -408,6 +409,17 @@ class RestartIdleTest(unittest.TestCase):
             foreign = os.path.join(h.dir, 'state-copy')
             shutil.copytree(sup.state_dir, foreign)
             os.chmod(foreign, 0o700)
+            # Another, its intent file in an older layout (72-byte records)
+            older = os.path.join(h.dir, 'state-older')
+            shutil.copytree(sup.state_dir, older)
+            os.chmod(older, 0o700)
+            with open(os.path.join(older, 'intents'), 'r+b') as f:
+                hdr = bytearray(f.read(64))
+                nslots = struct.unpack_from('<Q', hdr, 16)[0]
+                struct.pack_into('<I', hdr, 12, 72)
+                f.seek(0)
+                f.write(hdr)
+                f.truncate(64 + nslots * 72)
 
             with open(os.path.join(sup.state_dir, 'inodes'), 'r+b') as f:
                 magic = f.read(8)
@@ -446,9 +458,18 @@ class RestartIdleTest(unittest.TestCase):
                                sock=os.path.join(h.dir, 'c.sock'))
             sup_d.connect()
             sup_d.wait_line(CLEAN)
-            print('functional       refusals: "%s" / "%s" / "%s"; test '
-                  '%.1f s' % (line, line_b, line_c, time.monotonic() - t0),
-                  flush=True)
+
+            # The older layout, for the same share: one clear line
+            sup_e = Supervised(h, older, name='supervisor-older',
+                               sup_opts=['--max-restarts=0'],
+                               sock=os.path.join(h.dir, 'e.sock'))
+            sup_e.connect()
+            line_e = self.expect_refusal(sup_e)
+            self.assertIn('state file intents has ', line_e)
+            self.assertIn('not written by this version of virtiofsd', line_e)
+            print('functional       refusals: "%s" / "%s" / "%s" / "%s"; '
+                  'test %.1f s' % (line, line_b, line_c, line_e,
+                                   time.monotonic() - t0), flush=True)
 
     def test_recovery_off_is_7_2(self):
         t0 = time.monotonic()

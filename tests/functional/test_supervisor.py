@@ -330,6 +330,13 @@ elif MODE == 'exit0':
     notify('READY=1')
     sys.exit(0)
 
+elif MODE == 'refuse':
+    # As a daemon that waits for its front-end's reconnection, then
+    # refuses its state: an exit of its own, not within 1 s of starting
+    report()
+    time.sleep(1.2)
+    sys.exit(1)
+
 elif MODE == 'ignoreterm':
     import signal
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -670,6 +677,22 @@ class SupervisorTest(unittest.TestCase):
         self.next_report()
         self.assertEqual(self.wait_exit(), 0)
         self.assertEqual(os.listdir(self.rundir), [])
+
+    def test_e2_failed_starts_back_off(self):
+        """A child that exits 1 (too late to be given up as a fast
+        failure) is restarted after 100, 200, 400 ms...: a failed start
+        does not spin; a crash is restarted at once."""
+        self.start('refuse')
+        reports = self.next_reports(4, timeout=20)
+        log = self.log_text()
+        for n, delay in ((1, 100), (2, 200), (3, 400)):
+            self.assertIn('exited (status 1); restart %d in %d ms (failed '
+                          'start %d in a row)' % (n, delay, n), log)
+        for prev, r, delay in zip(reports, reports[1:], (100, 200, 400)):
+            self.assertGreater(r['t_start'] - prev['t_start'],
+                               1.2 + delay / 1000.0)
+        self.kill_child(reports[-1]['pid'])
+        self.wait_log('exited (signal 9); restart 4 in 0 ms,')
 
     def test_f_sigterm_stops_child_and_supervisor(self):
         self.start('sleep')
