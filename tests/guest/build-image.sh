@@ -19,18 +19,37 @@ debs="$top/.cache/debs"
 die() { printf 'guest image: %s\n' "$*" >&2; exit 1; }
 say() { printf '[guest] %s\n' "$*"; }
 
+# apt's lists may be older than the archive (a package the lists name has
+# been replaced, and its file answers 404): on failure, update them once
+# (as root) and try again.
+apt_updated=
+apt_refresh() {
+    [ -z "$apt_updated" ] && [ "$(id -u)" = 0 ] || return 1
+    apt_updated=1
+    say "apt-get update (the package lists may be stale)"
+    apt-get update -qq >/dev/null 2>&1
+}
+apt_download() {
+    (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root "$@") ||
+        { apt_refresh && (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root "$@"); } ||
+        die "apt-get download $* failed: is Debian's archive reachable? (as root, 'apt-get update' first)"
+}
+kernel_package() {
+    apt-cache depends linux-image-amd64 2>/dev/null |
+        sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n 1
+}
+
 # The modules the guest needs; their dependencies are added in order.
 want_modules="virtio_pci virtiofs"
 
 mkdir -p "$out" "$debs"
-kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
-       sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n 1)
-[ -n "$kpkg" ] || die "cannot resolve linux-image-amd64 to a kernel package (run 'apt-get update'?)"
+kpkg=$(kernel_package)
+[ -n "$kpkg" ] || { apt_refresh && kpkg=$(kernel_package); }
+[ -n "$kpkg" ] || die "cannot resolve linux-image-amd64 to a kernel package (as root, 'apt-get update' first)"
 for p in "$kpkg" busybox-static; do
     if ! ls "$debs/${p}_"*.deb >/dev/null 2>&1; then
         say "downloading $p"
-        (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root "$p") ||
-            die "apt-get download $p failed: is Debian's archive reachable?"
+        apt_download "$p"
     fi
 done
 
@@ -104,8 +123,7 @@ fetch() {
     done
     if [ ${#missing[@]} -gt 0 ]; then
         say "downloading ${missing[*]}"
-        (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root "${missing[@]}") ||
-            die "apt-get download ${missing[*]} failed: is Debian's archive reachable?"
+        apt_download "${missing[@]}"
     fi
     for p in "$@"; do
         [ -n "${unpacked[$p]:-}" ] && continue
