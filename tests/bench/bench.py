@@ -2,8 +2,11 @@
 """make bench: what crash recovery costs, measured on this machine.
 
   stall     SIGKILL of virtiofsd under guest load, with many live inodes,
-            to the guest's next completed request; per restart, broken
-            down by the daemon's log lines (polled every millisecond)
+            to the completion of the first guest request that had to
+            reach the new daemon (the workload's probe, timestamped in the
+            guest); per restart, broken down by the daemon's log lines
+            (polled every millisecond), next to the old end point (the
+            next workload step, which cached steps can give)
   cost      virtiofsd CPU per guest operation (all the daemon's threads,
             and the supervisor's, from /proc/<pid>/task/*/schedstat) for
             a metadata and a data workload, recovery on against the same
@@ -13,7 +16,9 @@
 
 Writes docs/benchmarks.md and PNG plots (gnuplot) next to it, and ends
 with "bench: stall_p99_ms=X meta_cost_pct=Y data_cost_pct=Z
-restore_us_per_entry=W".  QUICK=1 (--quick) runs a smaller version.
+restore_us_per_entry=W".  QUICK=1 (--quick) runs a smaller version;
+--stall-only [--kills N] runs only the stall part and rewrites only its
+section of docs/benchmarks.md (and the stall figure of the last line).
 """
 
 import argparse
@@ -30,7 +35,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'lib'))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'torture'))
 import vmharness  # noqa: E402
+import torture  # noqa: E402
 
 TOP = vmharness.TOP
 DOCS = os.path.join(TOP, 'docs')
@@ -284,8 +291,30 @@ class LogTail:
         return self.counts[pattern]
 
 
-def stall(quick):
-    kills = 20 if quick else 100
+class ProbeTail:
+    """The probe lines of the console, each with the host time it was
+    first seen (read only what is new)."""
+
+    def __init__(self, path):
+        self.path, self.pos, self.rest = path, 0, b''
+        self.seen = {}          # seq -> (result, t0_us, t1_us, host_s)
+
+    def poll(self):
+        now = time.monotonic()
+        with open(self.path, 'rb') as f:
+            f.seek(self.pos)
+            new = f.read()
+        self.pos += len(new)
+        data = self.rest + new
+        cut = data.rfind(b'\n') + 1
+        self.rest = data[cut:]
+        for seq, (res, t0, t1) in torture.probes(
+                data[:cut].decode('utf-8', 'replace')).items():
+            self.seen[seq] = (res, t0, t1, now)
+
+
+def stall(quick, kills=None):
+    kills = kills or (20 if quick else 100)
     inodes = 2000 if quick else 10000
     with vmharness.Harness('bench-stall') as h:
         big = os.path.join(h.shared, 'big')
@@ -302,7 +331,8 @@ def stall(quick):
             ['all', '--dir', '/mnt/w', '--workers', '2', '--files', '2',
              '--size', '1m', '--bs', '64k', '--iters', '100000000',
              '--duration-ms', str(duration), '--stat-dir', '/mnt/big',
-             '--stop-file', '/mnt/stop']),
+             '--stop-file', '/mnt/stop', '--probe-ms',
+             str(torture.PROBE_MS)]),
             chardev_opts=',reconnect-ms=10')
         h.wait_console(r'^WL main \d+ statdir .* ok', 300, 'the warm-up')
         log = LogTail(os.path.join(h.dir, 'supervisor.log'),
@@ -312,6 +342,8 @@ def stall(quick):
         rng = random.Random(7)
 
         console = LogTail(h.console, [r'^WL [wm]\d+ '])
+        probe = ProbeTail(h.console)
+        probe_dir = os.path.join(h.shared, 'w', 'probe')
 
         def steps():
             return console.count(r'^WL [wm]\d+ ')
@@ -326,7 +358,8 @@ def stall(quick):
             while time.monotonic() < until:
                 sample()
                 time.sleep(0.1)
-            pid = h.supervised_child_pid()
+            pids = vmharness.process_tree(h.supervised_child_pid())
+            pid = pids[0]
             n_listen = count(LISTEN)
             n_conn = count(CONN)
             n_rest = count(RESTORED_LINE)
@@ -336,7 +369,9 @@ def stall(quick):
             os.kill(pid, signal.SIGKILL)
             marks.append(t['kill'] - t_start)
             deadline = t['kill'] + 30
-            while 'progress' not in t:
+            need = None
+            calib = None
+            while calib is None or now < calib:
                 now = time.monotonic()
                 if now > deadline:
                     raise TimeoutError('restart %d did not complete' % k)
@@ -348,13 +383,40 @@ def stall(quick):
                     t['restored'] = now
                 if 'started' not in t and count(STARTED) > n_start:
                     t['started'] = now
-                if 'started' in t and steps() > s0:
+                if 'started' in t and 'progress' not in t and steps() > s0:
                     t['progress'] = now
+                if need is None and torture.dead(pids):
+                    # the old daemon can do no more: what it left undone
+                    need = torture.first_needing(probe_dir)
+                probe.poll()
+                if need is not None and 'probe' not in t and \
+                        max(probe.seen, default=-1) >= need:
+                    t['probe'] = now
+                if calib is None and 'probe' in t and 'progress' in t and \
+                        'started' in t:
+                    # 100 ms more at 1 ms: probe lines seen fresh, to
+                    # place the guest's clock on the host's
+                    calib = now + 0.1
                 time.sleep(0.001)
             us = log.last_us
             for key in ('listen', 'conn', 'restored'):
                 t.setdefault(key, t['started'])
+            # guest clock + off = host clock; every line is seen after it
+            # was printed, so the least (seen - t1) over the lines seen
+            # while polling every ms is the offset (plus the console's
+            # least latency)
+            off = min(seen - t1 / 1e6 for seq, (_, _, t1, seen)
+                      in probe.seen.items() if seen >= t['kill'])
+            first = min(q for q in probe.seen if q >= need)
+            _, p0, p1, _ = probe.seen[first]
+            end = p1 / 1e6 + off
+            across = max((probe.seen[q][2] - probe.seen[q][1]) / 1000.0
+                         for q in probe.seen if need - 1 <= q <= first)
             rows.append({
+                'stall': (end - t['kill']) * 1000,
+                'stall (line seen)': (t['probe'] - t['kill']) * 1000,
+                'probe across kill (guest)': across,
+                'started->probe': (end - t['started']) * 1000,
                 'total': (t['progress'] - t['kill']) * 1000,
                 'exec': (t['listen'] - t['kill']) * 1000,
                 'reconnect': (t['conn'] - t['listen']) * 1000,
@@ -364,8 +426,9 @@ def stall(quick):
                 'resubmit+guest': (t['progress'] - t['started']) * 1000,
             })
             if (k + 1) % 10 == 0:
-                say('stall: %d/%d restarts, last %.1f ms'
-                    % (k + 1, kills, rows[-1]['total']))
+                say('stall: %d/%d restarts, last %.1f ms (old end point '
+                    '%.1f ms)' % (k + 1, kills, rows[-1]['stall'],
+                                   rows[-1]['total']))
         for _ in range(20):
             sample()
             time.sleep(0.1)
@@ -459,7 +522,7 @@ def plots(rows, series, marks):
     os.makedirs(dat, exist_ok=True)
     with open(os.path.join(dat, 'stall.dat'), 'w') as f:
         for r in rows:
-            f.write('%.3f\n' % r['total'])
+            f.write('%.3f\n' % r['stall'])
     with open(os.path.join(dat, 'throughput.dat'), 'w') as f:
         prev = None
         for t, n in series:
@@ -472,7 +535,7 @@ def plots(rows, series, marks):
     gnuplot('''set terminal png size 800,450
 set output '%(docs)s/bench-stall.png'
 set title 'Guest-visible stall per virtiofsd restart (%(n)d SIGKILLs)'
-set xlabel 'stall: SIGKILL to the next completed guest request (ms)'
+set xlabel 'stall: SIGKILL to the first guest request the new daemon served (ms)'
 set ylabel 'restarts'
 set style fill solid 0.6
 binwidth = 5
@@ -526,6 +589,92 @@ def syscall_table(L, configs, calls):
         L.append('')
 
 
+STALL_PARTS = (
+    ('stall', 'SIGKILL to the completion of the first probe that had to '
+     'reach the new daemon, at the guest\'s timestamp'),
+    ('stall (line seen)', 'the same, when the host read the probe\'s line '
+     'on the console'),
+    ('exec', 'SIGKILL to the new daemon listening'),
+    ('reconnect', 'listening to QEMU connected'),
+    ('sandbox+restore', 'connected to the session restored'),
+    ('restore', 'the daemon\'s own figure, inside sandbox+restore'),
+    ('handshake', 'restored to the rings started'),
+    ('started->probe', 'rings started to that probe done (replay, the '
+     'probe\'s own requests, up to one probe period)'),
+    ('probe across kill (guest)', 'the longest guest-measured duration of '
+     'the probes from the one in flight at the kill to that one (it can '
+     'start before the kill, so it can exceed the stall)'),
+    ('total', 'old end point: SIGKILL to the next workload step after the '
+     'rings started'),
+    ('resubmit+guest', 'old: rings started to that step'),
+)
+
+
+def stall_section(L, stall_rows, inodes, stall_ok, note=''):
+    L.append('## Guest-visible stall per restart\n')
+    L.append('%d SIGKILLs of virtiofsd (under virtiofsd-supervisor, '
+             '`-o reconnect`) while the guest runs 2 data writers and 2 '
+             'metadata workers, with %d inodes looked up beforehand '
+             '(`--stat-dir`); QEMU `reconnect-ms=10`.%s\n'
+             % (len(stall_rows), inodes, note))
+    L.append('Stall: from SIGKILL to the completion of the first guest '
+             'request that had to reach the new daemon.  The workload\'s '
+             'probe thread (`--probe-ms %d`) creates a fresh name with '
+             'O_EXCL and unlinks the previous one, one probe at a time, '
+             '%d ms apart (at once after a slow one), and prints the '
+             'guest\'s CLOCK_MONOTONIC at its start and end.  Once the '
+             'killed daemon has exited, the host lists the probe '
+             'directory: a probe whose create or unlink is not done there '
+             'must be served by the new daemon.  The guest\'s clock is '
+             'placed on the host\'s per kill by the least (host time the '
+             'line was read - guest end time) over the probe lines read '
+             'while polling every millisecond (the console\'s least '
+             'latency stays in it, so the stall reads that much long).  '
+             'The parts come from polling (1 ms) the daemon\'s log lines '
+             '(host times: when the host is busy the poll loop runs late, '
+             'and "started->probe", a guest time minus a host time, can '
+             'then read below 0, by as much as its min column).  The '
+             'probe thread runs in the old end point\'s runs too.  The '
+             'old end point '
+             '("total": the next workload step after the rings started) '
+             'is kept for comparison: steps the guest\'s caches answer '
+             'count there, so it can end before any request reached the '
+             'new daemon.  Workload result after all restarts: %s.\n'
+             % (torture.PROBE_MS, torture.PROBE_MS,
+                'no error, every block verified' if stall_ok else 'FAILED'))
+    L.append('| part | what | min ms | p50 ms | p99 ms | max ms |')
+    L.append('| --- | --- | --- | --- | --- | --- |')
+    for key, what in STALL_PARTS:
+        xs = [r[key] for r in stall_rows]
+        L.append('| %s | %s | %.1f | %.1f | %.1f | %.1f |' % (
+            key, what, min(xs), percentile(xs, 50), percentile(xs, 99),
+            max(xs)))
+    L.append('\n![stall histogram](bench-stall.png)\n')
+    L.append('![guest throughput with the kills](bench-throughput.png)\n')
+
+
+def write_stall_only(args, t0, stall_rows, inodes, stall_ok):
+    """Replace the stall section of docs/benchmarks.md and the stall
+    figure of its last line; the rest stays from the last full run."""
+    with open(OUT_MD) as f:
+        text = f.read()
+    L = []
+    stall_section(L, stall_rows, inodes, stall_ok,
+                  '  This section: `python3 tests/bench/bench.py '
+                  '--stall-only --kills %d` on %s, in %.0f s, load average '
+                  '%.1f at its start (other jobs shared the CPUs); the '
+                  'other sections are from the run named above.'
+                  % (len(stall_rows), datetime.datetime.now().strftime(
+                      '%Y-%m-%d %H:%M'), time.time() - t0, args.load))
+    a = text.index('## Guest-visible stall per restart')
+    b = text.index('## Steady-state cost')
+    text = text[:a] + '\n'.join(L) + '\n' + text[b:]
+    text = re.sub(r'stall_p99_ms=[\d.]+', 'stall_p99_ms=%.1f' % percentile(
+        [r['stall'] for r in stall_rows], 99), text)
+    with open(OUT_MD, 'w') as f:
+        f.write(text)
+
+
 def write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, calls,
              rrows, per, fixed, closing):
     cpu = ''
@@ -546,26 +695,7 @@ def write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, calls,
         qemu, 'KVM' if vmharness.kvm_usable() else 'TCG'))
     L.append('- Command: `make bench%s` (`tests/bench/bench.py`)\n' % (
         ' QUICK=1' if args.quick else ''))
-    L.append('## Guest-visible stall per restart\n')
-    L.append('%d SIGKILLs of virtiofsd (under virtiofsd-supervisor, '
-             '`-o reconnect`) while the guest runs 2 data writers and 2 '
-             'metadata workers, with %d inodes looked up beforehand '
-             '(`--stat-dir`); QEMU `reconnect-ms=10`.  Stall: from SIGKILL '
-             'to the next completed guest workload step.  The parts come '
-             'from polling (1 ms) the daemon\'s log lines; '
-             '"restore" is the daemon\'s own figure inside "sandbox+'
-             'restore".  Workload result after all restarts: %s.\n'
-             % (len(stall_rows), inodes,
-                'no error, every block verified' if stall_ok else 'FAILED'))
-    L.append('| part | p50 ms | p99 ms | max ms |')
-    L.append('| --- | --- | --- | --- |')
-    for key in ('total', 'exec', 'reconnect', 'sandbox+restore', 'restore',
-                'handshake', 'resubmit+guest'):
-        xs = [r[key] for r in stall_rows]
-        L.append('| %s | %.1f | %.1f | %.1f |' % (
-            key, percentile(xs, 50), percentile(xs, 99), max(xs)))
-    L.append('\n![stall histogram](bench-stall.png)\n')
-    L.append('![guest throughput with the kills](bench-throughput.png)\n')
+    stall_section(L, stall_rows, inodes, stall_ok)
     L.append('## Steady-state cost\n')
     L.append('virtiofsd CPU per guest operation (all threads of the daemon '
              'and, with recovery, of the supervisor; from schedstat) and '
@@ -628,14 +758,35 @@ def write_md(args, t0, stall_rows, inodes, stall_ok, configs, table, calls,
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--quick', action='store_true')
+    ap.add_argument('--stall-only', action='store_true',
+                    help='only the stall part; rewrites its section of '
+                    'docs/benchmarks.md')
+    ap.add_argument('--kills', type=int, default=None,
+                    help='SIGKILLs in the stall part (default 100, 20 '
+                    'with --quick)')
     args = ap.parse_args()
     os.environ.setdefault('VIRTIOFS_TEST_WORKDIR',
                           os.path.join(TOP, 'build', 'results', 'work'))
     nofile = raise_nofile()
     t0 = time.time()
+    args.load = os.getloadavg()[0]
+    if args.stall_only:
+        say('stall under load')
+        stall_rows, series, marks, inodes, stall_ok = stall(args.quick,
+                                                            args.kills)
+        plots(stall_rows, series, marks)
+        write_stall_only(args, t0, stall_rows, inodes, stall_ok)
+        say('rewrote the stall section of %s' % os.path.relpath(OUT_MD, TOP))
+        for key, _ in STALL_PARTS:
+            xs = [r[key] for r in stall_rows]
+            print('stall %s: min %.1f p50 %.1f p99 %.1f max %.1f ms' % (
+                key, min(xs), percentile(xs, 50), percentile(xs, 99),
+                max(xs)))
+        return 0 if stall_ok else 1
     have_base = build_base(args.quick)
     say('stall under load')
-    stall_rows, series, marks, inodes, stall_ok = stall(args.quick)
+    stall_rows, series, marks, inodes, stall_ok = stall(args.quick,
+                                                        args.kills)
     say('steady-state cost')
     configs, table, calls = cost(args.quick, have_base)
     say('restore scaling')
@@ -644,7 +795,7 @@ def main():
     ref = 'base' if have_base else 'off'
     closing = ('bench: stall_p99_ms=%.1f meta_cost_pct=%.1f '
                'data_cost_pct=%.1f restore_us_per_entry=%.2f' % (
-                   percentile([r['total'] for r in stall_rows], 99),
+                   percentile([r['stall'] for r in stall_rows], 99),
                    (table[('meta', 'on')][1] / table[('meta', ref)][1] - 1)
                    * 100,
                    (table[('data', 'on')][1] / table[('data', ref)][1] - 1)

@@ -20,7 +20,8 @@
  *        [any of the optional data and meta options]
  *   data, meta and all take --stat-dir D2: first stat every entry of D2
  *   (keeps that many inodes in the session, for benchmarks), and
- *   --stop-file F: finish the current round once F exists
+ *   --stop-file F: finish the current round once F exists, and
+ *   --probe-ms P: a probe thread (see below)
  *   hold --dir D            (commands on stdin, see hold_cmd())
  * BYTES and BLOCK accept a k/m/g suffix (binary units).
  *
@@ -57,6 +58,20 @@
  *
  * meta: worker i works in D/m<i> (in "all", meta workers are numbered after
  * the N data workers) and removes it at the end.
+ *
+ * probe (--probe-ms P, with data, meta or all): one more thread, "probe",
+ * measures when the daemon serves the guest again.  Probe k creates
+ * D/probe/p<k> (O_CREAT|O_EXCL: the guest's caches cannot answer it, the
+ * daemon must), closes it and unlinks p<k-1>, then sleeps P ms (not after
+ * a probe that took longer than P, so that the probe after a stall follows
+ * at once).  One line per probe, with the guest's CLOCK_MONOTONIC in us at
+ * its start and end:
+ *   WL probe <k> create D/probe/p<k> <result> ms=<ms> t0=<us> t1=<us>
+ * The host, having killed the daemon, lists D/probe: the probes whose file
+ * it does not find there had to reach the new daemon.  The probe stops
+ * once the other workers are done and removes its file and D/probe.
+ * Its lines do not match "WL w<N>"/"WL m<N>" (the hosts' step counts);
+ * their failures count as errors like any other.
  *
  * Counting: ops counts all WL op lines, errors those with an errno result
  * and mismatches those with err=MISMATCH, except that the "write"/"verify"
@@ -110,6 +125,7 @@ typedef struct Options {
     const char *gens_arg;       /* --gens */
     uint32_t *gens;             /* its values, workers x files */
     uint64_t duration_ms;       /* 0: one round */
+    uint64_t probe_ms;          /* --probe-ms: 0 for no probe thread */
     bool verify_only, require_xattr;
 } Options;
 
@@ -136,6 +152,7 @@ static uint64_t stat_ops, stat_errors, stat_mismatches;
 static uint64_t stat_written, stat_verified;
 static uint32_t crc_table[256];
 static HoldSlot hold_slots[HOLD_SLOTS];
+static bool probe_done;         /* the other workers have finished */
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -766,6 +783,55 @@ static void *meta_worker(void *arg)
     return NULL;
 }
 
+/* ---- probe: when does the daemon serve the guest ----------------------- */
+
+static void *probe_worker(void *arg)
+{
+    Worker *w = arg;
+    char dir[PATH_MAX], path[PATH_MAX], prev[PATH_MAX] = "";
+    struct timespec ts;
+    int64_t t0, t1;
+    int fd, res;
+
+    path_fmt(dir, "%s/probe", opts.dir);
+    w->mark = now_ns();
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        log_errno(w, "mkdir", dir, -1);
+        return NULL;
+    }
+    while (!__atomic_load_n(&probe_done, __ATOMIC_ACQUIRE)) {
+        path_fmt(path, "%s/p%" PRIu64, dir, w->seq);
+        t0 = now_ns();
+        w->mark = t0;
+        res = 0;
+        fd = open(path, O_CREAT | O_EXCL | O_WRONLY, 0644);
+        if (fd < 0 || close(fd) < 0) {
+            res = errno;
+        }
+        if (!res && prev[0] && unlink(prev) < 0) {
+            res = errno;
+        }
+        t1 = now_ns();
+        wl_log(w, "create", path, res, "t0=%" PRId64 " t1=%" PRId64,
+               t0 / 1000, t1 / 1000);
+        if (!res) {
+            snprintf(prev, sizeof(prev), "%s", path);
+        } else if (fd >= 0) {
+            unlink(path);
+        }
+        if (t1 - t0 < (int64_t)opts.probe_ms * 1000000) {
+            ts.tv_sec = opts.probe_ms / 1000;
+            ts.tv_nsec = (opts.probe_ms % 1000) * 1000000;
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (prev[0]) {
+        step(w, "unlink", prev, NULL, unlink(prev));
+    }
+    step(w, "rmdir", dir, NULL, rmdir(dir));
+    return NULL;
+}
+
 /* ---- hold: interactive commands from stdin ---------------------------- */
 
 /* Pattern bytes for file offsets @off.. (independent of write ranges). */
@@ -1191,6 +1257,8 @@ usage_error(const char *fmt, ...)
         "[--gen G] [--duration-ms MS]\n"
         "       workload meta --dir D --workers N --iters K [--seed S] "
         "[--require-xattr]\n"
+        "       (data, meta, all: [--stat-dir D2] [--stop-file F] "
+        "[--probe-ms P])\n"
         "       workload all --dir D --workers N --files F --size BYTES "
         "--bs BLOCK --iters K\n        [data and meta options]\n"
         "       workload hold --dir D   (commands on stdin)\n");
@@ -1260,6 +1328,7 @@ static void parse_args(int argc, char **argv)
         { "--stat-dir", DA | MA, 's', &opts.stat_dir, 0, 0 },
         { "--stop-file", DA | MA, 's', &opts.stop_file, 0, 0 },
         { "--gens", DA, 's', &opts.gens_arg, 0, 0 },
+        { "--probe-ms", DA | MA, 'n', &opts.probe_ms, 1, 60000 },
     };
     static const char *const cmd_names[] = { "data", "meta", "all", "hold" };
     /* required options of each subcommand, as bits of table[] indexes */
@@ -1342,6 +1411,8 @@ int main(int argc, char **argv)
     int64_t start = now_ns();
     Worker main_w = { .name = "main", .mark = start };
     Worker hold_w = { .name = "hold" };
+    Worker probe_w = { .name = "probe" };
+    bool probing = false;
     Worker *workers = NULL;
     unsigned i, n = 0;
     uint32_t c, b, crc;
@@ -1415,10 +1486,21 @@ int main(int argc, char **argv)
             n = i;
         }
     }
+    if (opts.probe_ms) {
+        res = pthread_create(&probe_w.thread, NULL, probe_worker, &probe_w);
+        if (res) {
+            wl_log(&main_w, "thread", NULL, res, "worker=probe");
+        }
+        probing = res == 0;
+    }
     for (i = 0; i < n; i++) {
         pthread_join(workers[i].thread, NULL);
     }
     free(workers);
+    if (probing) {
+        __atomic_store_n(&probe_done, true, __ATOMIC_RELEASE);
+        pthread_join(probe_w.thread, NULL);
+    }
 
 summary:
     pthread_mutex_lock(&log_lock);

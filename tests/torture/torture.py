@@ -19,7 +19,12 @@ the count, lets the guest power off and verifies the data on the host:
   io-errors     workload lines with an errno result (every err= line
                 counts, also those the workload leaves out of its summary)
   mismatches    blocks or metadata whose content was wrong (guest or host)
-  hung          1 if the guest made no progress for HANG_S seconds
+  hung          1 if the guest made no progress for HANG_S seconds after
+                a kill: progress is the completion of the first probe
+                request that had to reach the restarted daemon (see
+                PROBE_MS), not any workload line (steps that completed
+                before the kill, or that the guest's caches answered,
+                would pass with no daemon at all)
   leaked-fds    fds in the supervisor beyond what the restored daemon
                 holds (the fds from the store and reopened by handle of
                 its restore line, plus one for the mount namespace),
@@ -51,6 +56,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'lib'))
 import vmharness  # noqa: E402
 
 HANG_S = 30
+# The workload's probe thread (--probe-ms): probe k creates probe/p<k>
+# with O_EXCL and unlinks p<k-1>, one at a time, PROBE_MS apart, one line
+# each.  Once the killed daemon is gone the host lists probe/: the probes
+# whose create (or unlink) it finds undone there had to reach the new
+# daemon, and the first of them completing is the guest's progress.
+PROBE_MS = 10
+PROBE = re.compile(r'^WL probe (\d+) create \S+ (\S+) ms=\d+ t0=(\d+) '
+                   r't1=(\d+)', re.M)
 RESTORED = re.compile(r'^state: restored session from \S+: (\d+) inodes, '
                       r'(\d+) files, (\d+) dirs \((\d+) fds from the store, '
                       r'(\d+) reopened by handle, (\d+) stale\) in (\d+) us',
@@ -87,6 +100,57 @@ def wl_steps(h):
     return len(re.findall(r'^WL (?:w|m)\d+ ', h.read_console(), re.M))
 
 
+def dead(pids):
+    """True once none of pids can run any more (gone, or a zombie whose
+    threads have all exited)."""
+    for p in pids:
+        try:
+            with open('/proc/%d/stat' % p) as f:
+                st = f.read().rsplit(')', 1)[1].split()[0]
+            if st != 'Z' or len(os.listdir('/proc/%d/task' % p)) > 1:
+                return False
+        except (OSError, IndexError):
+            pass
+    return True
+
+
+def wait_dead(pids, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not dead(pids):
+        if time.monotonic() > deadline:
+            raise TimeoutError('the killed daemon %s did not exit within '
+                               '%d s' % (pids, timeout))
+        time.sleep(0.0005)
+
+
+def first_needing(probe_dir):
+    """Call with the killed daemon dead: the sequence number of the first
+    probe that must reach the new daemon.  The newest file p<M> there was
+    created by the old daemon; if p<M-1> is there too, probe M's unlink of
+    it was not done, so probe M needs the new daemon, else probe M+1."""
+    try:
+        seqs = sorted(int(n[1:]) for n in os.listdir(probe_dir)
+                      if re.match(r'^p\d+$', n))
+    except FileNotFoundError:
+        seqs = []
+    if not seqs:
+        return 0
+    m = seqs[-1]
+    return m if m - 1 in seqs else m + 1
+
+
+def probes(text):
+    """{seq: (result, t0_us, t1_us)} of the probe lines in text"""
+    return {int(m.group(1)): (m.group(2), int(m.group(3)), int(m.group(4)))
+            for m in PROBE.finditer(text)}
+
+
+def probe_done(h, seq):
+    """Whether a probe numbered seq or later has completed"""
+    return any(int(m.group(1)) >= seq
+               for m in PROBE.finditer(h.read_console()))
+
+
 def fd_count(pid):
     return len(os.listdir('/proc/%d/fd' % pid))
 
@@ -121,11 +185,12 @@ def wait_restore(h, sup, n, timeout=30):
         time.sleep(0.005)
 
 
-def guest_progress(h, steps, timeout=HANG_S):
-    """Wait until the workload logs a step beyond steps (or the guest is
-    done); False if it did not within timeout."""
+def guest_progress(h, need, timeout=HANG_S):
+    """Wait until probe need (the first that had to reach the new daemon)
+    or a later one has completed, or the guest is done; False if neither
+    happened within timeout."""
     deadline = time.monotonic() + timeout
-    while wl_steps(h) <= steps and \
+    while not probe_done(h, need) and \
             not re.search(r'^GUEST DONE', h.read_console(), re.M):
         if time.monotonic() > deadline:
             return False
@@ -250,7 +315,8 @@ def run(cycles, seed, keep, clients=True):
         args = ['all', '--dir', '/mnt/data', '--workers', str(WORKERS),
                 '--files', str(FILES), '--size', str(SIZE), '--bs', str(BS),
                 '--iters', '100000000', '--duration-ms', str(duration),
-                '--stop-file', '/mnt/stop', '--seed', str(seed)]
+                '--stop-file', '/mnt/stop', '--seed', str(seed),
+                '--probe-ms', str(PROBE_MS)]
         append = 'wl.run=' + ','.join(args) + ' wl.idle=/mnt/idle'
         extra = []
         if clients:
@@ -267,11 +333,13 @@ def run(cycles, seed, keep, clients=True):
                 progress('the workload ended before kill %d of %d'
                          % (cycle, cycles))
                 break
-            steps = wl_steps(h)
             n = len(restores(sup))
             try:
-                os.kill(h.supervised_child_pid(), signal.SIGKILL)
+                pids = vmharness.process_tree(h.supervised_child_pid())
+                os.kill(pids[0], signal.SIGKILL)
                 kills += 1
+                wait_dead(pids)
+                need = first_needing(os.path.join(h.shared, 'data', 'probe'))
                 wait_restore(h, sup, n + 1)
             except (RuntimeError, TimeoutError) as e:
                 # No daemon serves the share any more: the guest is stuck
@@ -279,10 +347,11 @@ def run(cycles, seed, keep, clients=True):
                 progress('cycle %d: %s' % (cycle, str(e).splitlines()[0]))
                 break
             # The guest must make progress again
-            if not guest_progress(h, steps):
+            if not guest_progress(h, need):
                 hung = 1
-                progress('cycle %d: no guest progress within %d s'
-                         % (cycle, HANG_S))
+                progress('cycle %d: probe %d (the first to need the new '
+                         'daemon) not done within %d s'
+                         % (cycle, need, HANG_S))
                 break
             if cycle % 10 == 0 or cycle == cycles:
                 progress('%d/%d cycles, %d workload steps, %.0f s'
