@@ -151,7 +151,7 @@ QTEST_FS_EXPECTED = ['read-guest-mem/memfile', 'reconnect-server',
                      'unplug-disconnected', 'resume-idle',
                      'no-inflight-stall', 'packed', 'inflight-refused',
                      'handshake-death', 'inflight-death', 'multiqueue',
-                     'multiqueue-inflight', 'flags-mismatch']
+                     'multiqueue-inflight', 'flags-mismatch', 'stop-death']
 
 
 def qtest_paths(build):
