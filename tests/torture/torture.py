@@ -238,7 +238,9 @@ def check_fds(h, sup, base_fds):
         for fd, what in sorted(fd_targets(sup.pid).items()):
             progress('  fd %d: %s' % (fd, what))
         progress('  restore: ' + restores_text(sup)[-1])
-    return max(0, leaked)
+    # Fewer fds than the daemon claims is as wrong as more (lost fds, or
+    # wrong accounting): report the difference either way
+    return abs(leaked)
 
 
 def workload_counts(console):
