@@ -2,7 +2,6 @@
 against the daemon, and the host sees the same data."""
 
 import os
-import subprocess
 import time
 import unittest
 
@@ -43,18 +42,12 @@ class BaselineTest(unittest.TestCase):
             self.assertEqual(h.qemu.wait(30), 0, 'QEMU exit status')
             # The host sees exactly what the guest wrote: verify it again
             # with the same program, on the host side of the share.
-            wl = os.path.join(vmharness.TOP, 'tests', 'guest', 'workload')
-            host_args = [a.replace('/mnt', h.shared) for a in DATA_ARGS]
-            # Each file at the generation the guest last wrote to it
-            gens = vmharness.written_gens(console, WORKERS, FILES)
-            r = subprocess.run([wl, 'data', '--verify-only', '--gens', gens]
-                               + host_args, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, timeout=120)
-            out = r.stdout.decode()
-            self.assertEqual(r.returncode, 0, out[-2000:])
-            hs, _ = vmharness.parse_workload(out)
+            rc, out, hs = vmharness.host_verify(h, console, DATA_ARGS,
+                                                WORKERS, FILES)
+            self.assertEqual(rc, 0, out[-2000:])
             self.assertEqual(hs['mismatches'], 0)
-            self.assertGreaterEqual(hs['bytes_verified'], WORKERS * FILES * SIZE)
+            self.assertGreaterEqual(hs['bytes_verified'],
+                                    WORKERS * FILES * SIZE)
             print('functional       baseline: mount after %.1f s, 50 MiB + '
                   'metadata verified, guest done after %.1f s'
                   % (t_mount, t_done), flush=True)

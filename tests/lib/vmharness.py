@@ -450,6 +450,22 @@ def written_gens(text, workers, files):
     return ','.join(last[n] for n in names)
 
 
+
+def host_verify(h, console, data_args, workers, files):
+    """Verify the data files the guest wrote, on the host side of the
+    share, with the guest's own workload program: each file at the
+    generation the guest last wrote to it (from its console), and its
+    length.  data_args name the guest's paths (/mnt/...).  Returns
+    (exit status, output, summary dict or None)."""
+    wl = os.path.join(TOP, 'tests', 'guest', 'workload')
+    host_args = [a.replace('/mnt', h.shared) for a in data_args]
+    gens = written_gens(console, workers, files)
+    r = subprocess.run([wl, 'data', '--verify-only', '--gens', gens] +
+                       host_args, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=120)
+    out = r.stdout.decode()
+    return r.returncode, out, parse_workload(out)[0]
+
 def unix_connect(path, timeout=10):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

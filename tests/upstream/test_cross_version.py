@@ -9,7 +9,6 @@ host must find exactly what the guest wrote.
 import os
 import re
 import signal
-import subprocess
 import time
 import unittest
 
@@ -75,16 +74,9 @@ class CrossVersionTest(unittest.TestCase):
             qlog = h.qemu.output()
             self.assertNotRegex(qlog, r'(?i)assert|abort|core dumped|'
                                 r'vhost-user-fs:', qlog)
-            wl = os.path.join(vmharness.TOP, 'tests', 'guest', 'workload')
-            host_args = [a.replace('/mnt', h.shared) for a in DATA_ARGS]
-            # Each file at the generation the guest last wrote to it
-            gens = vmharness.written_gens(console, WORKERS, FILES)
-            r = subprocess.run([wl, 'data', '--verify-only', '--gens', gens]
-                               + host_args, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, timeout=120)
-            out = r.stdout.decode()
-            self.assertEqual(r.returncode, 0, out[-2000:])
-            hs, _ = vmharness.parse_workload(out)
+            rc, out, hs = vmharness.host_verify(h, console, DATA_ARGS,
+                                                WORKERS, FILES)
+            self.assertEqual(rc, 0, out[-2000:])
             self.assertEqual(hs['mismatches'], 0)
             self.assertGreaterEqual(hs['bytes_verified'],
                                     WORKERS * FILES * SIZE)
