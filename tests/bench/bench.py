@@ -260,6 +260,19 @@ RESTORED_LINE = r'^state: restored session'
 STARTED = r'fv_queue_set_started: qidx=1 started=1'
 RESTORE_US = re.compile(r'^state: restored session.* in (\d+) us')
 
+def read_new_lines(tail):
+    """The complete lines appended to tail.path since the last call
+    (tail.pos, tail.rest: where it stopped, and a partial last line)."""
+    with open(tail.path, 'rb') as f:
+        f.seek(tail.pos)
+        new = f.read()
+    tail.pos += len(new)
+    data = tail.rest + new
+    cut = data.rfind(b'\n') + 1
+    tail.rest = data[cut:]
+    return data[:cut].decode('utf-8', 'replace')
+
+
 class LogTail:
     """Counts of log lines matching patterns, reading only what is new
     (polling every millisecond must stay cheap)."""
@@ -271,14 +284,7 @@ class LogTail:
         self.last_us = 0
 
     def poll(self):
-        with open(self.path, 'rb') as f:
-            f.seek(self.pos)
-            new = f.read()
-        self.pos += len(new)
-        data = self.rest + new
-        cut = data.rfind(b'\n') + 1
-        self.rest = data[cut:]
-        for line in data[:cut].decode('utf-8', 'replace').splitlines():
+        for line in read_new_lines(self).splitlines():
             for p, rx in self.rx.items():
                 if rx.search(line):
                     self.counts[p] += 1
@@ -301,15 +307,8 @@ class ProbeTail:
 
     def poll(self):
         now = time.monotonic()
-        with open(self.path, 'rb') as f:
-            f.seek(self.pos)
-            new = f.read()
-        self.pos += len(new)
-        data = self.rest + new
-        cut = data.rfind(b'\n') + 1
-        self.rest = data[cut:]
         for seq, (res, t0, t1) in torture.probes(
-                data[:cut].decode('utf-8', 'replace')).items():
+                read_new_lines(self)).items():
             self.seen[seq] = (res, t0, t1, now)
 
 

@@ -229,23 +229,30 @@ class CrashPointsTest(unittest.TestCase):
               flush=True)
         self.assertEqual(failures, [], '\n' + h.log_tail(60))
 
+    def poison_mkdir(self, d, spec_line):
+        """mkdir d/p in a fresh directory d with "crash-at" holding
+        spec_line while it runs; returns its HoldLine and the
+        supervisor's log since the directory was there."""
+        h, sup, hold = self.h, self.sup, self.hold
+        os.mkdir(os.path.join(h.shared, d))
+        self.assertTrue(hold.cmd('stat %s' % d, timeout=60).ok)
+        since = len(sup.output())
+        spec = os.path.join(self.state, 'crash-at')
+        with open(spec, 'w') as f:
+            f.write(spec_line + '\n')
+        try:
+            line = hold.cmd('mkdir %s/p' % d, timeout=90)
+        finally:
+            os.unlink(spec)
+        return line, since, sup.output()[since:]
+
     def test_poison_request(self):
         """A request that kills every daemon that runs it: after 3 deaths
         it is answered EIO (logged once, with its opcode), and the share
         goes on: the requests after it succeed, their data checked."""
         h, sup, hold = self.h, self.sup, self.hold
         d = 'poison'
-        os.mkdir(os.path.join(h.shared, d))
-        self.assertTrue(hold.cmd('stat %s' % d, timeout=60).ok)
-        since = len(sup.output())
-        spec = os.path.join(self.state, 'crash-at')
-        with open(spec, 'w') as f:
-            f.write('always MKDIR:before\n')
-        try:
-            line = hold.cmd('mkdir %s/p' % d, timeout=90)
-        finally:
-            os.unlink(spec)
-        out = sup.output()[since:]
+        line, since, out = self.poison_mkdir(d, 'always MKDIR:before')
         deaths = out.count('crash point MKDIR:before: dying')
         poison = POISON.findall(out)
         self.assertEqual(line.result, 'err=EIO',
@@ -275,19 +282,9 @@ class CrashPointsTest(unittest.TestCase):
         """The same with a real crash: abort(3), as glibc's fortify checks
         die ("invalid openat64 call"), is caught as SIGABRT and counted;
         after 3 the request is answered EIO and the share goes on."""
-        h, sup, hold = self.h, self.sup, self.hold
+        h, hold = self.h, self.hold
         d = 'poison-abort'
-        os.mkdir(os.path.join(h.shared, d))
-        self.assertTrue(hold.cmd('stat %s' % d, timeout=60).ok)
-        since = len(sup.output())
-        spec = os.path.join(self.state, 'crash-at')
-        with open(spec, 'w') as f:
-            f.write('abort MKDIR:before\n')
-        try:
-            line = hold.cmd('mkdir %s/p' % d, timeout=90)
-        finally:
-            os.unlink(spec)
-        out = sup.output()[since:]
+        line, _, out = self.poison_mkdir(d, 'abort MKDIR:before')
         self.assertEqual(line.result, 'err=EIO',
                          'the guest got %s\n%s' % (line, out[-3000:]))
         self.assertEqual(out.count('crash point MKDIR:before: aborting'), 3,
