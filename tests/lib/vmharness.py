@@ -30,7 +30,9 @@ TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 QEMU_BUILD = os.environ.get('QEMU_BUILD', os.path.join(TOP, 'qemu', 'build'))
 GUEST_DIR = os.environ.get('GUEST_DIR', os.path.join(TOP, 'build', 'guest'))
 QEMU_BIN = os.path.join(QEMU_BUILD, 'qemu-system-x86_64')
-VIRTIOFSD_BIN = os.path.join(QEMU_BUILD, 'tools', 'virtiofsd', 'virtiofsd')
+VIRTIOFSD_BIN = os.environ.get(
+    'VIRTIOFSD_BIN', os.path.join(QEMU_BUILD, 'tools', 'virtiofsd',
+                                  'virtiofsd'))
 FIRMWARE_DIRS = ['/usr/share/qemu', '/usr/share/seabios']
 
 WL_LINE = re.compile(r'^WL (\S+) (\S+) (\S+) (\S+) (\S+)(.*)$')
