@@ -6,11 +6,13 @@ show what the guest sees.
 The second act shows today's behaviour (virtiofsd without -o reconnect,
 QEMU without reconnect-ms): the guest's I/O hangs.  The third act shows the
 QEMU side of the series on its own: QEMU reconnects to a new stock daemon.
-The fourth shows crash recovery while the guest is idle: virtiofsd under
-virtiofsd-supervisor with -o reconnect is killed, restarted, and the guest
-carries on with every file, directory, lock and xattr it held.  The fifth
-kills it 5 times in the middle of guest I/O: per kill, the stall the guest
-sees; at the end, the proof that nothing was lost.
+The fourth shows crash recovery while the guest is idle: with
+-o reconnect the virtiofsd started holds the fd table and serves in a
+worker; the worker is killed, the holder starts the next, which restores
+the session, and the guest carries on with every file, directory, lock
+and xattr it held.  The fifth kills the worker 5 times in the middle of
+guest I/O: per kill, the stall the guest sees; at the end, the proof that
+nothing was lost.
 """
 
 import os
@@ -175,8 +177,9 @@ IDLE_AFTER = [
 
 
 def act_four():
-    say('Act 4: crash recovery, guest idle: virtiofsd -o reconnect under '
-        'virtiofsd-supervisor; the guest holds files, a directory, a flock')
+    say('Act 4: crash recovery, guest idle: virtiofsd -o reconnect (the '
+        'process started holds the fds, a worker it restarts serves); the '
+        'guest holds files, a directory, a flock')
     with vmharness.Harness('demo-idle-restart') as h:
         os.mkdir(os.path.join(h.shared, 'sub'))
         for i in range(20):
@@ -192,14 +195,15 @@ def act_four():
             if not line.ok:
                 return False
         victim = h.supervised_child_pid()
-        say('SIGKILL virtiofsd pid %d' % victim)
+        say('SIGKILL the virtiofsd worker pid %d (the holder, pid %d, stays)'
+            % (victim, sup.pid))
         t_kill = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         seq = hold.send(IDLE_AFTER[0][0])
         results = [hold.wait(seq, 60)]
         stall = (time.monotonic() - t_kill) * 1000
         for l in sup.output().splitlines():
-            if 'restored session' in l or 'exited (signal' in l:
+            if 'restored session' in l or l.startswith('holder: worker'):
                 say('  ' + l.strip())
         say('the guest\'s next request completed %.0f ms after the kill'
             % stall)
@@ -217,7 +221,7 @@ KILLS = 5
 
 
 def act_five():
-    say('Act 5: kill -9 virtiofsd %d times during guest I/O (2 writers '
+    say('Act 5: kill -9 the virtiofsd worker %d times during guest I/O (2 writers '
         'verifying checksummed blocks, 2 metadata churners)' % KILLS)
     with vmharness.Harness('demo-kill-load') as h:
         os.mkdir(os.path.join(h.shared, 'data'))
@@ -244,7 +248,8 @@ def act_five():
             deadline = t_kill + 30
             while len(rx.findall(sup.output())) == restored:
                 if time.monotonic() > deadline:
-                    raise TimeoutError('virtiofsd was not restarted')
+                    raise TimeoutError('the worker was not restarted\n'
+                                       + h.log_tail())
                 time.sleep(0.002)
             restore_us = int(rx.findall(sup.output())[-1])
             while len(re.findall(r'^WL [wm]\d+ ', h.read_console(),

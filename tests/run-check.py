@@ -93,7 +93,7 @@ def run(argv, timeout, cwd=None, env=None):
 # Unit tests of QEMU that the series changes, run as built binaries.
 UNIT_BINARIES = ['tests/unit/test-char']
 # The series' unit tests: meson suite "virtiofsd"
-UNIT_SUITE = ['test-virtiofsd-lo-map', 'test-virtiofsd-fd-store',
+UNIT_SUITE = ['test-virtiofsd-lo-map', 'test-virtiofsd-fd-restore',
               'test-virtiofsd-session']
 
 

@@ -2,8 +2,9 @@
 killed at every point of its handling, gives the guest and the host tree
 the same result as one clean run.
 
-virtiofsd runs with -o reconnect under virtiofsd-supervisor and with
-VIRTIOFSD_CRASH_POINTS=1: it dies at the point a file "crash-at" in its
+virtiofsd runs with -o reconnect (the process started is the holder, which
+restarts its worker, the daemon proper, when it dies) and with
+VIRTIOFSD_CRASH_POINTS=1: the worker dies at the point a file "crash-at" in its
 state directory names ("MKDIR:syscall": opcode and point), once.  Points:
   before   the intent is recorded, the syscall has not run
   syscall  the syscall ran, its result is not recorded
@@ -66,8 +67,9 @@ CASES = [
     # EEXIST caused by someone else must still reach the guest.  "!!kind
     # name" is someone else making the name on the host: in the clean
     # run before the next command, in the crash run while the daemon is
-    # dead, after the guest's request reached it: the gate (GATE_WRAPPER)
-    # holds the restart until the name is there.  Once the create took
+    # dead, after the guest's request reached it: the holder, stopped
+    # (SIGSTOP) before the request, starts no worker until the name is
+    # there.  Once the create took
     # effect (syscall and later) nobody else can make the name, so only
     # the earlier points.
     ('MKDIR', ('before', 'tmp'), [], ['!!dir x', 'mkdir {d}/x'],
@@ -115,12 +117,15 @@ CASES = [
 
 RESTORED = re.compile(r'^state: restored session from ', re.M)
 
-# Run by the supervisor before each virtiofsd it starts ($1: the gate
-# file): while the gate exists the (re)start waits, so that the test can
-# act while the daemon is dead, for as long as it takes
-GATE_WRAPPER = ('if [ -e "$1" ]; then echo "gate: holding the restart" >&2; '
-                'while [ -e "$1" ]; do sleep 0.01; done; '
-                'echo "gate: released" >&2; fi; shift; exec "$@"')
+
+
+def proc_state(pid):
+    """The state letter of pid in /proc (R, S, T, Z...), None if gone."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0]
+    except OSError:
+        return None
 
 
 def make(root, spec):
@@ -170,7 +175,8 @@ POISON = re.compile(r'^request (\S+) unique (\d+) killed the daemon (\d+) '
 
 
 class CrashPointsTest(unittest.TestCase):
-    """One guest and one supervised daemon for the matrix and the poison
+    """One guest and one holder (virtiofsd -o reconnect) for the matrix
+    and the poison
     request (the matrix runs first: test names sort)."""
 
     @classmethod
@@ -180,11 +186,8 @@ class CrashPointsTest(unittest.TestCase):
             cls.state = os.path.join(cls.h.dir, 'state')
             os.mkdir(cls.state, 0o700)
             env = dict(os.environ, VIRTIOFSD_CRASH_POINTS='1')
-            cls.gate = os.path.join(cls.h.dir, 'gate')
             cls.sup = cls.h.start_supervised_virtiofsd(
-                cls.state, options=('cache=auto', 'xattr'), env=env,
-                sup_opts=('--restart-delay-ms=300',),
-                wrapper=('/bin/sh', '-c', GATE_WRAPPER, 'gate', cls.gate))
+                cls.state, options=('cache=auto', 'xattr'), env=env)
             cls.hold = cls.h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
         except BaseException:
             cls.h.close()
@@ -232,7 +235,7 @@ class CrashPointsTest(unittest.TestCase):
     def poison_mkdir(self, d, spec_line):
         """mkdir d/p in a fresh directory d with "crash-at" holding
         spec_line while it runs; returns its HoldLine and the
-        supervisor's log since the directory was there."""
+        holder's log since the directory was there."""
         h, sup, hold = self.h, self.sup, self.hold
         os.mkdir(os.path.join(h.shared, d))
         self.assertTrue(hold.cmd('stat %s' % d, timeout=60).ok)
@@ -356,19 +359,24 @@ class CrashPointsTest(unittest.TestCase):
             died = sup.output().count('crash point ')
             if later:
                 # Someone else, while the daemon is dead: after the crash
-                # point fired, before the restart the gate holds
-                with open(self.gate, 'w'):
-                    pass
+                # point fired and the worker died, before the holder,
+                # stopped meanwhile, starts the next one
+                worker = h.supervised_child_pid()
+                os.kill(sup.pid, signal.SIGSTOP)
                 try:
+                    vmharness.wait_until(
+                        lambda: proc_state(sup.pid) == 'T',
+                        'the holder stopped', 10, 0.005)
                     seq = hold.send(c.format(d=d, k=key))
                     deadline = time.monotonic() + 15
-                    while sup.output().count('crash point ') == died:
+                    while (sup.output().count('crash point ') == died or
+                           proc_state(worker) not in (None, 'Z')):
                         if time.monotonic() > deadline:
                             break
                         time.sleep(0.005)
                     make(os.path.join(h.shared, d), later)
                 finally:
-                    os.unlink(self.gate)
+                    os.kill(sup.pid, signal.SIGCONT)
                 later = None
             else:
                 seq = hold.send(c.format(d=d, k=key))

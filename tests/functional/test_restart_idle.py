@@ -4,20 +4,23 @@ Each test boots the guest in "workload hold" mode: the host sends it one
 command a line on ttyS1 and reads one WL line per command on the console.
 The guest builds up state on the share (open files, an unlinked-but-open
 file, a directory half read, a cwd, a flock, an xattr), the host SIGKILLs
-virtiofsd under virtiofsd-supervisor with -o reconnect, and the guest
-carries on against the restarted daemon.  Also: damaged, foreign and
-badly protected state directories are refused, recovery off behaves as
-QEMU 7.2 did, and the supervisor holds no more fds after 50 restarts than
-after one.
+the daemon of virtiofsd -o reconnect, and the guest carries on against
+the restarted daemon.  Also: damaged, foreign, badly protected and
+shared (inside the source) state directories are refused, recovery off
+behaves as QEMU 7.2 did, and the holder's fd table holds no more fds
+after 50 restarts than after one.
 
-The daemon runs with the namespace sandbox (the default), where the
-process serving the guest is a child of the process the supervisor
-started.  A crash is simulated by stopping that whole tree first and then
-SIGKILLing it, so that no process of it sees another one die and acts on
-it (the sandbox child's parent-death signal, the parent's exit status).
+With -o reconnect the process started is the holder: it keeps the fd
+table and the listening socket, and runs the daemon proper as a worker,
+a child sharing its fd table (CLONE_FILES) that it clones again when the
+worker dies (tools/virtiofsd/fd_holder.c).  With the namespace sandbox
+(the default) the worker is the init of a pid namespace of its own.  A
+crash is simulated by stopping the worker and anything below it first
+and then SIGKILLing them, so that no process of it sees another one die
+and acts on it.
 
 Every process a test starts is killed by pid when the test ends (the
-supervisor, then every process below it, then its process group); every
+holder, then every process below it, then its process group); every
 wait has a deadline; on failure the test prints the ends of the console,
 QEMU and daemon logs.
 """
@@ -37,9 +40,6 @@ import unittest
 import vmharness
 from vmharness import children, process_tree, wait_until
 
-SUPERVISOR = os.environ.get('SUPERVISOR',
-                            os.path.join(vmharness.QEMU_BUILD, 'tools',
-                                         'virtiofsd', 'virtiofsd-supervisor'))
 RECONNECT = ',reconnect-ms=100'
 # cache=none: every read, write and readdir of the guest reaches the daemon,
 # so what the guest sees after a restart comes from the restarted daemon.
@@ -59,10 +59,19 @@ DIR_NAME_LEN = 100
 # The daemon's lines about its state directory (%s: the directory)
 STATE = 'state: '
 RESTORED = ('^' + STATE + r'restored session from %s: (\d+) inodes, '
-            r'(\d+) files, (\d+) dirs \((\d+) fds from the store, (\d+) '
-            r'reopened by handle, (\d+) stale\) in (\d+) us$')
+            r'(\d+) files, (\d+) dirs, (\d+) POSIX lock fds \((\d+) '
+            r'stale\) in (\d+) us$')
 CLEAN = '^' + STATE + r'no saved session in %s, starting clean$'
 REFUSING = '^' + STATE + r'refusing %s: (.+)$'
+# The holder's lines about a worker SIGKILLed after it served the guest
+# (%d: its pid)
+KILLED = r'^holder: worker %d ended \(signal 9\) after \d+ ms: restarting$'
+# ... SIGKILLed, whether or not it had answered a request yet (%s: its pid
+# or \d+)
+KILLED_ANY = (r'^holder: worker %s ended \(signal 9\) (after \d+ ms: '
+              r'restarting|before serving a request \(\d+ in a row\): '
+              r'restarting in \d+ ms)$')
+HOLDER = 'holder: '
 
 
 def pid_alive(pid):
@@ -117,16 +126,15 @@ def make_state_dir(path, mode=0o700):
 
 
 class Supervised(vmharness.Proc):
-    """virtiofsd -o reconnect under virtiofsd-supervisor.  kill() kills the
-    supervisor, then every process below it by pid, then its process
-    group."""
+    """virtiofsd -o reconnect: the holder, which runs the daemon as its
+    worker.  kill() kills the holder, then every process below it by pid,
+    then its process group."""
 
-    def __init__(self, h, state_dir, name='supervisor', sup_opts=(),
+    def __init__(self, h, state_dir, name='holder',
                  options=DAEMON_OPTS, source=None, sock=None):
         self.state_dir = state_dir
         self.sock = sock or h.sock
-        argv = [SUPERVISOR, '--runtime-dir=' + h.dir] + list(sup_opts)
-        argv += ['--', vmharness.VIRTIOFSD_BIN, '--socket-path=' + self.sock,
+        argv = [vmharness.VIRTIOFSD_BIN, '--socket-path=' + self.sock,
                  '-o', 'source=' + (source or h.shared)]
         for o in list(options) + ['reconnect', 'state_dir=' + state_dir]:
             argv += ['-o', o]
@@ -162,7 +170,9 @@ class Supervised(vmharness.Proc):
         return os.path.getsize(self.log_path)
 
     def matches(self, pattern, since=0):
-        rx = re.compile(pattern % re.escape(self.state_dir))
+        if '%s' in pattern:
+            pattern = pattern % re.escape(self.state_dir)
+        rx = re.compile(pattern)
         return [m for m in map(rx.match, self.lines(since)) if m]
 
     def wait_line(self, pattern, since=0, count=1, timeout=RESTORE_WAIT):
@@ -173,7 +183,7 @@ class Supervised(vmharness.Proc):
             if len(found) >= count:
                 return found[count - 1]
             if not self.alive():
-                raise AssertionError('supervisor exited (%s) while waiting '
+                raise AssertionError('holder exited (%s) while waiting '
                                      'for %r' % (self.popen.returncode,
                                                  pattern))
             return None
@@ -181,18 +191,20 @@ class Supervised(vmharness.Proc):
                           timeout)
 
     def daemon(self, timeout=10):
-        """The pid of the supervisor's child, the daemon."""
+        """The pid of the holder's child, the worker serving the guest."""
         def one():
             c = children(self.pid)
             return c[0] if len(c) == 1 else None
-        return wait_until(one, 'a daemon under supervisor pid %d'
+        return wait_until(one, 'a worker under holder pid %d'
                           % self.pid, timeout, 0.01)
 
     def fd_count(self):
+        """The fds in the holder's table (the worker's too: they share
+        it)."""
         return len(os.listdir('/proc/%d/fd' % self.pid))
 
     def settled_fd_count(self, timeout=10):
-        """The supervisor's fd count once it has not changed for 1 s."""
+        """The holder's fd count once it has not changed for 1 s."""
         last = [self.fd_count(), time.monotonic()]
 
         def stable():
@@ -200,20 +212,20 @@ class Supervised(vmharness.Proc):
             if n != last[0]:
                 last[:] = [n, time.monotonic()]
             return time.monotonic() - last[1] >= 1.0 and n
-        return wait_until(stable, 'a stable supervisor fd count', timeout)
+        return wait_until(stable, 'a stable holder fd count', timeout)
 
     def wait_socket(self, timeout=10):
         def there():
             if not self.alive():
-                raise AssertionError('supervisor exited (%s) before the '
-                                     'daemon listened' % self.popen.returncode)
+                raise AssertionError('holder exited (%s) before it '
+                                     'listened' % self.popen.returncode)
             return os.path.exists(self.sock)
         wait_until(there, 'socket %s' % self.sock, timeout, 0.02)
 
     def connect(self, timeout=10):
         """Connect to the daemon as QEMU does, without a guest: the daemon
         may load its state only once it has a connection.  Does nothing
-        if the supervisor exits before the daemon listens."""
+        if the holder exits before it listens."""
         def connected():
             if not self.alive():
                 return True
@@ -240,7 +252,7 @@ class RestartIdleTest(unittest.TestCase):
                 raise
 
     def supervise(self, h, **kw):
-        """Start the first supervised daemon with its state dir in h.dir,
+        """Start the holder with its state dir in h.dir,
         boot the guest in hold mode and check that the daemon started
         clean.  Returns the Supervised and the Hold."""
         state = make_state_dir(os.path.join(h.dir, 'state'))
@@ -251,7 +263,7 @@ class RestartIdleTest(unittest.TestCase):
         return sup, hold
 
     def crash(self, sup):
-        """SIGKILL the supervised daemon; returns (its pid, log offset)."""
+        """SIGKILL the worker; returns (its pid, log offset)."""
         pid = sup.daemon()
         since = sup.log_size()
         crash_tree(pid)
@@ -321,19 +333,18 @@ class RestartIdleTest(unittest.TestCase):
             pid, since = self.crash(sup)
             m = sup.wait_line(RESTORED, since)
             t_restored = time.monotonic()
-            self.assertIn('pid %d exited (signal 9)' % pid,
-                          '\n'.join(sup.lines(since)))
+            self.assertEqual(len(sup.matches(KILLED % pid, since)), 1,
+                             '\n'.join(sup.lines(since)))
             self.assertNotEqual(sup.daemon(), pid)
-            inodes, files, dirs, from_store, by_handle, stale, us = \
-                map(int, m.groups())
+            inodes, files, dirs, plocks, stale, us = map(int, m.groups())
             # Open: f1 and the unlinked g, the directory many; inodes the
             # guest holds: at least those and its cwd sub (the root may
-            # not count).  The supervisor kept every fd, so every one came
-            # from the store and none needed its handle.
-            self.assertEqual((files, dirs, by_handle, stale), (2, 1, 0, 0),
+            # not count).  The holder kept every fd in its table, so each
+            # record found its own fd there: nothing is stale.  No
+            # posix_lock: no lock fds.
+            self.assertEqual((files, dirs, plocks, stale), (2, 1, 0, 0),
                              m.group(0))
             self.assertGreaterEqual(inodes, 4, m.group(0))
-            self.assertEqual(from_store, inodes + files + dirs, m.group(0))
             self.assertEqual(host_flock(f1), errno.EWOULDBLOCK,
                              'flock lost in the restart')
 
@@ -362,7 +373,8 @@ class RestartIdleTest(unittest.TestCase):
                 self.assertEqual(host_flock(f1), 0, 'funlock kept the lock')
             self.run_ok(hold, ['close a', 'close b', 'close d'])
             # The guest sends RELEASE in the background: the lock goes away
-            # once the daemon and the supervisor closed the file.
+            # once the worker closed the file (in the table it shares with
+            # the holder).
             wait_until(lambda: host_flock(f1) == 0,
                        'the lock released after close', 10)
 
@@ -379,12 +391,12 @@ class RestartIdleTest(unittest.TestCase):
                   flush=True)
 
     def expect_refusal(self, sup, since=0, timeout=15):
-        """The supervised daemon refuses state in one line and exits 1;
-        the supervisor, out of restarts, exits 1 too.  Returns the line."""
+        """The worker refuses state in one line and exits 1; the holder
+        starts no other worker and exits 1 too.  Returns the line."""
         try:
             rc = sup.wait(timeout)
         except TimeoutError:
-            self.fail('supervisor still running; daemon pid %s\n%s'
+            self.fail('holder still running; worker pid %s\n%s'
                       % (children(sup.pid), '\n'.join(sup.lines(since))))
         lines = sup.lines(since)
         text = '\n'.join(lines)
@@ -392,15 +404,16 @@ class RestartIdleTest(unittest.TestCase):
         self.assertEqual(len(refusals), 1, text)
         self.assertEqual([l for l in lines if l.startswith(STATE)],
                          [refusals[0].group(0)], text)
-        self.assertRegex(text, r'exited \(status 1\); restart limit \d+ '
-                         r'reached', text)
+        after = lines[lines.index(refusals[0].group(0)) + 1:]
+        self.assertEqual([l for l in after if l.startswith(HOLDER)], [],
+                         'a worker restarted after the refusal\n' + text)
         self.assertEqual(rc, 1, text)
         return refusals[0].group(0)
 
     def test_corrupt_state_refused(self):
         t0 = time.monotonic()
         with self.guest('restart-refuse') as h:
-            sup, hold = self.supervise(h, sup_opts=['--max-restarts=1'])
+            sup, hold = self.supervise(h)
             self.run_ok(hold, ['open f1 a', 'write a 0 16k 5', 'opendir . d',
                                'check a 0 16k 5'])
             self.assert_state_files(sup.state_dir)
@@ -439,37 +452,48 @@ class RestartIdleTest(unittest.TestCase):
             # The state of share A offered to a daemon of share B.
             share_b = os.path.join(h.dir, 'share-b')
             os.mkdir(share_b)
-            sup_b = Supervised(h, foreign, name='supervisor-foreign',
-                               sup_opts=['--max-restarts=0'], source=share_b,
-                               sock=os.path.join(h.dir, 'b.sock'))
+            sup_b = Supervised(h, foreign, name='holder-foreign',
+                               source=share_b, sock=os.path.join(h.dir, 'b.sock'))
             sup_b.connect()
             line_b = self.expect_refusal(sup_b)
 
             # A state dir others can read is refused; as 0700 it is used.
             loose = make_state_dir(os.path.join(h.dir, 'state-0755'), 0o755)
-            sup_c = Supervised(h, loose, name='supervisor-0755',
-                               sup_opts=['--max-restarts=0'], source=share_b,
+            sup_c = Supervised(h, loose, name='holder-0755', source=share_b,
                                sock=os.path.join(h.dir, 'c.sock'))
             sup_c.connect()
             line_c = self.expect_refusal(sup_c)
             os.chmod(loose, 0o700)
-            sup_d = Supervised(h, loose, name='supervisor-0700',
-                               sup_opts=['--max-restarts=0'], source=share_b,
+            sup_d = Supervised(h, loose, name='holder-0700', source=share_b,
                                sock=os.path.join(h.dir, 'c.sock'))
             sup_d.connect()
             sup_d.wait_line(CLEAN)
 
             # The older layout, for the same share: one clear line
-            sup_e = Supervised(h, older, name='supervisor-older',
-                               sup_opts=['--max-restarts=0'],
+            sup_e = Supervised(h, older, name='holder-older',
                                sock=os.path.join(h.dir, 'e.sock'))
             sup_e.connect()
             line_e = self.expect_refusal(sup_e)
             self.assertIn('state file intents has ', line_e)
             self.assertIn('not written by this version of virtiofsd', line_e)
-            print('functional       refusals: "%s" / "%s" / "%s" / "%s"; '
-                  'test %.1f s' % (line, line_b, line_c, line_e,
-                                   time.monotonic() - t0), flush=True)
+
+            # A state dir inside the shared directory (the guest could
+            # write the records) is refused, however deep
+            os.mkdir(os.path.join(share_b, 'deep'))
+            inside = make_state_dir(os.path.join(share_b, 'deep', 'state'))
+            sup_f = Supervised(h, inside, name='holder-inside',
+                               source=share_b,
+                               sock=os.path.join(h.dir, 'f.sock'))
+            sup_f.connect()
+            line_f = self.expect_refusal(sup_f)
+            self.assertEqual(line_f, '%srefusing %s: the state directory '
+                             'is inside the shared directory %s'
+                             % (STATE, inside, share_b))
+            self.assertEqual(os.listdir(inside), [])
+            print('functional       refusals: "%s" / "%s" / "%s" / "%s" / '
+                  '"%s"; test %.1f s'
+                  % (line, line_b, line_c, line_e, line_f,
+                     time.monotonic() - t0), flush=True)
 
     def test_recovery_off_is_7_2(self):
         t0 = time.monotonic()
@@ -501,7 +525,7 @@ class RestartIdleTest(unittest.TestCase):
                   % (time.monotonic() - t_new, time.monotonic() - t0),
                   flush=True)
 
-    def test_supervisor_fds_flat_over_50_restarts(self):
+    def test_holder_fds_flat_over_50_restarts(self):
         t0 = time.monotonic()
         files = {'a': 31, 'b': 32, 'c': 33}
         checks = ['check %s 0 16k %d' % kv for kv in files.items()]
@@ -516,20 +540,29 @@ class RestartIdleTest(unittest.TestCase):
             for restart in range(1, 51):
                 pid, since = self.crash(sup)
                 m = sup.wait_line(RESTORED, since)
-                self.assertIn('pid %d exited (signal 9); restart %d '
-                              % (pid, restart), '\n'.join(sup.lines(since)))
+                # One line of the holder about this worker's death, the
+                # restart-th since the start (a worker killed before the
+                # guest sent it anything has its own line: the holder
+                # backs off from it)
+                text = '\n'.join(sup.lines(since))
+                self.assertEqual(len(sup.matches(KILLED_ANY % pid, since)), 1,
+                                 text)
+                self.assertEqual(len(sup.matches(KILLED_ANY % r'\d+')),
+                                 restart, text)
                 self.assertEqual(int(m.group(2)), len(files), m.group(0))
-                self.assertEqual(int(m.group(6)), 0, m.group(0))
-                restore_us.append(int(m.group(7)))
+                self.assertEqual(int(m.group(5)), 0, m.group(0))
+                restore_us.append(int(m.group(6)))
                 if restart == 1 or restart % 10 == 0:
                     self.run_ok(hold, checks)
                     counts[restart] = sup.settled_fd_count()
             self.assertEqual([l for l in hold.lines[n:] if not l.ok], [])
+            # No fd leaks across restarts: the holder's table (which the
+            # worker shares) holds as many fds after 50 as after one
             self.assertEqual(counts[50], counts[1], counts)
             self.assertEqual(len(sup.matches(RESTORED)), 50)
             self.run_ok(hold, ['write a 16k 16k 31', 'check a 0 32k 31'])
             restore_us.sort()
-            print('functional       50 restarts: supervisor fds %s; restore '
+            print('functional       50 restarts: holder fds %s; restore '
                   'p50 %d us, max %d us; test %.1f s'
                   % (counts, restore_us[24], restore_us[-1],
                      time.monotonic() - t0), flush=True)

@@ -1,7 +1,8 @@
 """POSIX locks across a crash: with -o posix_lock virtiofsd holds a guest's
 fcntl() lock as an OFD lock on an fd of its own; with -o reconnect that fd
-is in the keeper, so the lock outlives the daemon and the restarted daemon
-still releases it when the guest unlocks."""
+is in the fd table the holder shares with its worker, so the lock
+outlives the worker and the restarted worker still releases it when the
+guest unlocks."""
 
 import errno
 import fcntl
@@ -12,7 +13,9 @@ import unittest
 
 import vmharness
 
-RESTORED = re.compile(r'^state: restored session from ', re.M)
+RESTORED = re.compile(r'^state: restored session from \S+: \d+ inodes, '
+                      r'(\d+) files, \d+ dirs, (\d+) POSIX lock fds '
+                      r'\((\d+) stale\) in \d+ us$', re.M)
 
 
 def host_can_lock(path):
@@ -50,7 +53,10 @@ class RestartLocksTest(unittest.TestCase):
                              'held on the host')
 
             os.kill(h.supervised_child_pid(), signal.SIGKILL)
-            vmharness.wait_output(sup, RESTORED, 30, 'the restore')
+            m = vmharness.wait_output(sup, RESTORED, 30, 'the restore')
+            # The open file and its lock fd, both found in the table
+            self.assertEqual(tuple(map(int, m.groups())), (1, 1, 0),
+                             m.group(0))
             self.assertFalse(host_can_lock(path), 'the lock was lost in the '
                              'restart')
             for c in ('check 1 0 4096 1', 'unlock 1', 'lock 1', 'unlock 1'):

@@ -1,12 +1,18 @@
 """The mount namespace of the sandbox across restarts.
 
-A restarted virtiofsd joins the mount namespace its predecessor built,
-which the fd keeper holds as "mntns", so the kept fds are on its own
-mounts and serve as they are: no reopening by handle, and link() and
-rename() between inodes from before and after the restart work (on two
-mounts they fail with EXDEV).  When the kept fds are on other mounts (here:
-the daemon before ran the chroot sandbox), the inodes move to the new
-daemon's mounts once, and the restart after that joins again.
+With -o reconnect the process started is the holder: it runs the daemon
+as a worker sharing its fd table (CLONE_FILES), cloned into new pid,
+mount and net namespaces with the namespace sandbox.  A restarted worker
+joins the mount namespace the first one built, which the holder keeps
+as an fd, so the kept fds are on its own mounts and serve as they are:
+every record finds its fd (nothing stale), and link() and rename()
+between inodes from before and after the restart work (on two mounts
+they fail with EXDEV).  With the chroot sandbox the workers share the
+holder's mount namespace: the same holds there.
+
+(The sandbox of a holder's workers cannot change across restarts: every
+worker is a clone of the same holder, so a daemon whose kept fds are on
+another namespace's mounts no longer happens, and nothing moves.)
 """
 
 import os
@@ -17,20 +23,26 @@ import unittest
 import vmharness
 
 RESTORED = re.compile(r'^state: restored session from \S+: (\d+) inodes, '
-                      r'(\d+) files, (\d+) dirs \((\d+) fds from the store, '
-                      r'(\d+) reopened by handle, (\d+) stale\)', re.M)
-MOVED = re.compile(r'^state: the kept fds are on the mounts of another '
-                   r'namespace: moved (\d+) inodes to this one\'s$', re.M)
+                      r'(\d+) files, (\d+) dirs, (\d+) POSIX lock fds '
+                      r'\((\d+) stale\) in \d+ us$', re.M)
+# The worker's lines when it could not join the kept mount namespace
+NOT_JOINED = re.compile(r'^state: (cannot join the kept mount namespace|'
+                        r'the kept mount namespace is not )', re.M)
 
 
-def sandbox_pid(daemon):
-    """The sandboxed process: the namespace sandbox forks a child."""
-    kids = vmharness.children(daemon)
-    return kids[0] if kids else daemon
+def sandbox_pid(worker):
+    """The sandboxed process: the worker itself (the holder cloned it into
+    its namespaces), or a child if it ever forks one."""
+    kids = vmharness.children(worker)
+    return kids[0] if kids else worker
 
 
 def mnt_ns(pid):
     return os.readlink('/proc/%d/ns/mnt' % pid)
+
+
+def pid_ns(pid):
+    return os.readlink('/proc/%d/ns/pid' % pid)
 
 
 def mount_points(pid):
@@ -90,57 +102,64 @@ class RestartMntNsTest(unittest.TestCase):
             sup = h.start_supervised_virtiofsd(state, options=CACHE)
             hold = h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
             self.before_restart(h, hold, '1')
-            ns = mnt_ns(sandbox_pid(h.supervised_child_pid()))
-            mounts = mount_points(sandbox_pid(h.supervised_child_pid()))
+            first = sandbox_pid(h.supervised_child_pid())
+            ns = mnt_ns(first)
+            mounts = mount_points(first)
             self.assertEqual([m for _, m in mounts], ['/'])
+            # The sandbox is in effect: namespaces of its own
+            self.assertNotEqual(ns, mnt_ns(sup.pid))
+            self.assertNotEqual(pid_ns(first), pid_ns(sup.pid))
             shared = os.stat(h.shared)
 
-            log, (inodes, files, dirs, kept, by_handle, stale) = \
-                self.crash(h, sup)
-            child = sandbox_pid(h.supervised_child_pid())
-            self.assertEqual(mnt_ns(child), ns)
-            self.assertEqual(mount_points(child), mounts)
-            root = os.stat('/proc/%d/root' % child)
-            self.assertEqual((root.st_dev, root.st_ino),
-                             (shared.st_dev, shared.st_ino))
-            self.assertEqual((by_handle, stale), (0, 0))
-            self.assertEqual(kept, inodes + files + dirs)
-            self.assertIsNone(MOVED.search(log), log)
-            self.across_restart(h, hold, '1')
+            for restart in (1, 2):
+                log, (inodes, files, dirs, plocks, stale) = \
+                    self.crash(h, sup)
+                child = sandbox_pid(h.supervised_child_pid())
+                self.assertNotEqual(child, first)
+                self.assertEqual(mnt_ns(child), ns)
+                self.assertEqual(mount_points(child), mounts)
+                root = os.stat('/proc/%d/root' % child)
+                self.assertEqual((root.st_dev, root.st_ino),
+                                 (shared.st_dev, shared.st_ino))
+                # Every record found its fd, on the joined mounts
+                self.assertGreaterEqual(inodes, 2 * restart, log)
+                self.assertEqual((files, plocks, stale), (restart, 0, 0),
+                                 log)
+                self.assertIsNone(NOT_JOINED.search(log), log)
+                self.across_restart(h, hold, str(restart))
+                if restart == 1:
+                    self.before_restart(h, hold, '2')
 
-    def test_inodes_move_once(self):
-        with vmharness.Harness('restart-mntns-move') as h:
+    def test_chroot_sandbox_keeps_mounts(self):
+        """-o sandbox=chroot: the workers run in the holder's mount
+        namespace, chrooted to the shared directory; the kept fds are on
+        its mounts and serve as they are after each restart."""
+        with vmharness.Harness('restart-mntns-chroot') as h:
             state = os.path.join(h.dir, 'state')
             os.mkdir(state, 0o700)
-            mode = os.path.join(h.dir, 'sandbox')
-            with open(mode, 'w') as f:
-                f.write('chroot')
-            wrapper = ['/bin/sh', '-c',
-                       'exec "$0" "$@" -o sandbox=$(cat %s)' % mode]
-            sup = h.start_supervised_virtiofsd(state, options=CACHE,
-                                               wrapper=wrapper)
+            sup = h.start_supervised_virtiofsd(
+                state, options=CACHE + ('sandbox=chroot',))
             hold = h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
             self.before_restart(h, hold, '1')
+            shared = os.stat(h.shared)
+            first = h.supervised_child_pid()
+            self.assertEqual(mnt_ns(first), mnt_ns(sup.pid))
 
-            # chroot -> namespace: the kept fds are on the host's mount
-            with open(mode, 'w') as f:
-                f.write('namespace')
-            log, (inodes, _, _, kept, by_handle, stale) = self.crash(h, sup)
-            moved = MOVED.findall(log)
-            self.assertEqual(moved, [str(inodes)], log)
-            self.assertEqual((by_handle, stale), (0, 0))
-            ns = mnt_ns(sandbox_pid(h.supervised_child_pid()))
-            self.across_restart(h, hold, '1')
-            self.before_restart(h, hold, '2')
-
-            # namespace -> namespace: joined, nothing moves
-            log, (inodes, files, dirs, kept, by_handle, stale) = \
-                self.crash(h, sup)
-            self.assertEqual(mnt_ns(sandbox_pid(h.supervised_child_pid())),
-                             ns)
-            self.assertIsNone(MOVED.search(log), log)
-            self.assertEqual((by_handle, stale), (0, 0))
-            self.across_restart(h, hold, '2')
+            for restart in (1, 2):
+                log, (inodes, files, dirs, plocks, stale) = \
+                    self.crash(h, sup)
+                child = h.supervised_child_pid()
+                self.assertNotEqual(child, first)
+                self.assertEqual(mnt_ns(child), mnt_ns(sup.pid))
+                root = os.stat('/proc/%d/root' % child)
+                self.assertEqual((root.st_dev, root.st_ino),
+                                 (shared.st_dev, shared.st_ino))
+                self.assertGreaterEqual(inodes, 2 * restart, log)
+                self.assertEqual((files, plocks, stale), (restart, 0, 0),
+                                 log)
+                self.across_restart(h, hold, str(restart))
+                if restart == 1:
+                    self.before_restart(h, hold, '2')
 
 
 if __name__ == '__main__':

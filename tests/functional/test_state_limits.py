@@ -1,9 +1,12 @@
-"""Crash recovery when a resource runs out (issue 16).
+"""Crash recovery when a resource runs out (issue 16), with the fd holder.
 
-virtiofsd -o reconnect writes its record files through MAP_SHARED
-mappings; a page the file system cannot back raises SIGBUS instead of
-an error.  These tests create each limit for real and check that one
-SIGKILL never turns into a dead share:
+virtiofsd -o reconnect -o state_dir=DIR is the holder (tools/virtiofsd/
+fd_holder.c): the process started keeps the listening socket and the fd
+table it shares with the worker it clones and restarts.  The worker
+writes its record files through MAP_SHARED mappings; a page the file
+system cannot back raises SIGBUS instead of an error.  These tests
+create each limit for real and check that one SIGKILL of the worker
+never turns into a dead share:
 
 - a full state directory (a small tmpfs, filled up on the host while the
   guest works): the requests that need a new record get ENOSPC and make
@@ -11,17 +14,31 @@ SIGKILL never turns into a dead share:
   without new space, and the share creates again once space is back;
 - a restart that would need space it cannot get (a state file with holes,
   on a full tmpfs): one line naming the state directory and what is
-  missing, the supervisor backs off, and the next start after space came
-  back restores the session;
+  missing, the worker exits 75 (EX_TEMPFAIL) and the holder starts the
+  next one backing off (0, 10, 20 ... ms), and the first start after
+  space came back restores the session;
+- no saved session and no space for the record files (no guest: a
+  client connecting as QEMU does): one line, exit 75, and the first start
+  after space came back starts clean;
+- a state directory read-only (a read-only bind mount over it: the tmpfs
+  itself cannot be made read-only while the holder's table holds the
+  record files open for writing) or missing (renamed away) between two
+  workers: one line per failed start, exit 75, backing off, and the first
+  start once it is back restores the session;
 - RLIMIT_NOFILE reached: EMFILE for the requests that need an fd, a
-  restart restores everything recorded;
-- a state directory made read-only between two daemons: one line, back
-  off, the next start after it is writable again restores the session.
+  restart restores everything recorded.
 
-Every test checks that no daemon died of SIGBUS (signal 7) and that the
-supervisor did not loop.  The tmpfs is unmounted (lazily: a daemon that
-is killed later may still hold files) even when a test fails; every
-process is killed by pid by the harness.
+Every test checks that no worker died of SIGBUS (a holder line with
+"signal 7" or "exit status 135"), that every worker's end is accounted
+for (our SIGKILL, or a start that lacked a resource: exit 75 after
+exactly one line; a worker that dies of a signal before serving a
+request has no signal in the holder's line), that the holder did not
+loop and is still running.  "Between two workers" is: SIGSTOP the
+holder, SIGKILL the worker, wait until it is a zombie (the stopped
+holder cannot reap it, so it starts no other), change the state
+directory, SIGCONT.  The tmpfs is unmounted (lazily, with what is
+mounted on it: the holder may still hold files) even when a test fails;
+every process is killed by pid by the harness.
 """
 
 import contextlib
@@ -31,7 +48,6 @@ import errno
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -42,16 +58,32 @@ import vmharness
 from vmharness import process_tree, wait_until
 
 RECONNECT = ',reconnect-ms=100'
+CLEAN = re.compile(r'^state: no saved session in (\S+), starting clean$',
+                   re.M)
 RESTORED = re.compile(r'^state: restored session from (\S+): (\d+) inodes, '
-                      r'(\d+) files, (\d+) dirs \((\d+) fds from the store, '
-                      r'(\d+) reopened by handle, (\d+) stale\)', re.M)
-REFUSING = re.compile(r'^state: refusing (\S+): (.+)$', re.M)
-EXITED = re.compile(r' pid (\d+) exited \(([^)]*)\)')
-# Every daemon start prints this once
+                      r'(\d+) files, (\d+) dirs, (\d+) POSIX lock fds '
+                      r'\((\d+) stale\) in (\d+) us$', re.M)
+# The one line of a worker that could not use its state directory: a
+# refusal, or (lo_state_open()) a directory it cannot open
+FAILED_START = re.compile(r'^state: (?:refusing|cannot open) (\S+): (.+)$',
+                          re.M)
+# The holder's lines about a worker's end (fd_holder.c)
+ENDED = re.compile(r'^holder: worker (\d+) ended \((signal|exit status) '
+                   r'(\d+)\) after (\d+) ms: restarting$', re.M)
+FAST = re.compile(r'^holder: worker (\d+) ended \([^)]*\) before serving a request '
+                  r'\((\d+) in a row\): restarting in (\d+) ms$', re.M)
+NOSTART = re.compile(r'^holder: worker (\d+) could not start \(exit status '
+                     r'(\d+)\)$', re.M)
+WORKER_OF = re.compile(r'^holder: worker (\d+) ')
+# Every worker that gets as far as the vhost-user connection prints this
 STARTED = 'virtio_session_mount: Waiting for vhost-user socket connection'
-# How a daemon killed by SIGBUS exits: by the signal, or (the namespace
-# sandbox's parent, for its child) with status 128 + the signal
-SIGBUS = ('signal %d' % signal.SIGBUS, 'status %d' % (128 + signal.SIGBUS))
+# A worker that could not start for want of a resource (EX_TEMPFAIL)
+EXIT_RETRY = 75
+# How a worker killed by SIGBUS ends: by the signal, or with status
+# 128 + the signal (as crash points report it)
+SIGBUS_ENDS = (('signal', signal.SIGBUS),
+               ('exit status', 128 + signal.SIGBUS))
+BACKOFF_MAX_MS = 5000
 KIB = 1024
 
 _libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
@@ -71,8 +103,9 @@ def run(*argv):
 
 @contextlib.contextmanager
 def tmpfs(size):
-    """A tmpfs of size (mount(8) syntax), mode 0700, as a state directory;
-    unmounted at the end even on failure."""
+    """A tmpfs of size (mount(8) syntax), mode 0700, for a state
+    directory; unmounted at the end, with what is mounted on it, even on
+    failure."""
     base = os.environ.get('VIRTIOFS_TEST_WORKDIR')
     if base:
         os.makedirs(base, exist_ok=True)
@@ -83,7 +116,8 @@ def tmpfs(size):
         try:
             yield path
         finally:
-            # Lazy: the daemons are killed by the harness after this
+            # Lazy: the holder is killed by the harness after this; also
+            # detaches a bind mount on the state directory
             subprocess.run(['umount', '-l', path], timeout=30)
     finally:
         try:
@@ -129,7 +163,7 @@ def punch_hole(path, offset, length):
 
 
 def collapse(items):
-    """'signal 9, status 135 x 80' for a list of strings."""
+    """'signal 9, exit status 75 x 80' for a list of strings."""
     out = []
     for i in items:
         if out and out[-1][0] == i:
@@ -139,29 +173,91 @@ def collapse(items):
     return ', '.join(i if n == 1 else '%s x %d' % (i, n) for i, n in out)
 
 
-def alive(pid):
+def proc_state(pid):
+    """pid's state letter (R, S, T, Z ...), None if it is gone."""
     try:
         with open('/proc/%d/stat' % pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+            return f.read().rsplit(')', 1)[1].split()[0]
     except OSError:
-        return False
+        return None
+
+
+def alive(pid):
+    """pid exists and is not a zombie."""
+    return proc_state(pid) not in (None, 'Z')
+
+
+def backoff(n):
+    """The holder's delay after the n-th worker in a row that ended before
+    serving a request."""
+    return 0 if n == 1 else min(10 << (n - 2), BACKOFF_MAX_MS)
+
+
+class Workers:
+    """What the holder's log says about its workers: for each worker that
+    ended, in order, how (('signal', 9), ('exit status', 75), ...; None
+    where only "ended before serving a request" says it), its holder
+    lines, and the lines the workers printed between the previous
+    worker's end and its own (the last entry, pid None, is the worker
+    running now)."""
+
+    def __init__(self, log):
+        self.order = []
+        self.how = {}
+        self.lines = {}
+        self.before = {}
+        self.unknown = []
+        cur = []
+        for line in log.splitlines():
+            m = WORKER_OF.match(line)
+            if not m:
+                if line.startswith('holder: '):
+                    self.unknown.append(line)
+                else:
+                    cur.append(line)
+                continue
+            pid = int(m.group(1))
+            if pid not in self.lines:
+                self.order.append(pid)
+                self.lines[pid] = []
+                self.how[pid] = None
+                self.before[pid] = cur
+                cur = []
+            self.lines[pid].append(line)
+            e, n, f = (ENDED.match(line), NOSTART.match(line),
+                       FAST.match(line))
+            if e:
+                self.how[pid] = (e.group(2), int(e.group(3)))
+            elif n:
+                self.how[pid] = ('exit status', int(n.group(2)))
+            elif not f:
+                self.unknown.append(line)
+        self.before[None] = cur
+
+    def failed_start_lines(self, pid):
+        return [l for l in self.before[pid] if FAILED_START.match(l)]
 
 
 class StateLimitsTest(unittest.TestCase):
 
     @contextlib.contextmanager
     def setup(self, name, size='640k', options=('cache=auto',), wrapper=()):
-        """A tmpfs state directory, a supervised daemon on it and a guest
-        in hold mode.  Yields (harness, state dir, hold)."""
+        """A tmpfs, a state directory in it, the holder on it and a guest
+        in hold mode.  Yields (harness, tmpfs, state dir, hold)."""
         t0 = time.monotonic()
+        # The workers this test SIGKILLed: every other end of a worker
+        # must be a start that lacked a resource
+        self.killed = set()
         with contextlib.ExitStack() as stack:
-            state = stack.enter_context(tmpfs(size))
+            mnt = stack.enter_context(tmpfs(size))
+            state = os.path.join(mnt, 'state')
+            os.mkdir(state, 0o700)
             h = stack.enter_context(vmharness.Harness(name))
             try:
                 h.start_supervised_virtiofsd(state, options=options,
                                              wrapper=wrapper)
                 hold = h.start_qemu_hold(chardev_opts=RECONNECT)
-                yield h, state, hold
+                yield h, mnt, state, hold
             except BaseException:
                 sys.stderr.write('\n--- logs of %s (%s)\n%s\n'
                                  % (self.id(), h.dir, h.log_tail(60)))
@@ -171,9 +267,15 @@ class StateLimitsTest(unittest.TestCase):
 
     def hung(self, h, what):
         log = h.supervisor.output()
-        self.fail('the guest hung %s; %d daemon starts, exits: %s'
-                  % (what, log.count(STARTED),
-                     collapse([how for _, how in EXITED.findall(log)])))
+        w = Workers(log)
+        self.fail('the guest hung %s; holder %s, %d worker starts, worker '
+                  'ends: %s' % (what, 'running' if h.supervisor.alive()
+                                else 'exited (%s)'
+                                % h.supervisor.popen.returncode,
+                                log.count(STARTED),
+                                collapse(['%s %s' % w.how[p] if w.how[p]
+                                          else 'before serving'
+                                          for p in w.order])))
 
     def run_ok(self, h, hold, commands, timeout=30):
         for c in commands:
@@ -185,7 +287,7 @@ class StateLimitsTest(unittest.TestCase):
 
     def pipelined(self, h, hold, commands, first_timeout=30, timeout=10):
         """Send every command at once, then collect the WL lines.  A guest
-        that stops getting answers fails on what the daemons did."""
+        that stops getting answers fails on what the workers did."""
         seqs = [hold.send(c) for c in commands]
         lines = []
         try:
@@ -196,23 +298,77 @@ class StateLimitsTest(unittest.TestCase):
             self.hung(h, 'after %d of %d requests' % (len(lines), len(seqs)))
         return lines
 
-    def exits(self, h):
-        return EXITED.findall(h.supervisor.output())
-
     def assert_no_sigbus_no_loop(self, h, max_restarts):
-        """No daemon died of SIGBUS; at most max_restarts restarts."""
+        """No worker died of SIGBUS; every worker's end is one of our
+        SIGKILLs or a start that lacked a resource (exit 75 after exactly
+        one line); at most max_restarts restarts; the holder runs."""
         log = h.supervisor.output()
-        exits = EXITED.findall(log)
-        self.assertEqual([how for _, how in exits if how in SIGBUS], [],
-                         'a daemon died of SIGBUS:\n' + log[-3000:])
-        self.assertLessEqual(len(exits), max_restarts,
-                             'the supervisor loops:\n' + log[-3000:])
+        w = Workers(log)
+        self.assertEqual([(p, w.how[p]) for p in w.order
+                          if w.how[p] in SIGBUS_ENDS], [],
+                         'a worker died of SIGBUS:\n' + log[-3000:])
+        self.assertEqual(w.unknown, [], 'holder lines not expected here:\n'
+                         + log[-3000:])
+        for p in w.order:
+            if p in self.killed:
+                self.assertEqual(w.how[p], ('signal', signal.SIGKILL),
+                                 'worker %d: %s\n%s' % (p, w.lines[p],
+                                                        log[-3000:]))
+                self.assertEqual(w.failed_start_lines(p), [], log[-3000:])
+            else:
+                # Not ours: it must say why, with one line.  A worker
+                # that died of a signal before serving a request (SIGBUS
+                # in its restore) has only "ended before serving"
+                self.assertEqual(w.how[p], ('exit status', EXIT_RETRY),
+                                 'worker %d ended, not by our SIGKILL nor '
+                                 'for want of a resource: %s\n%s'
+                                 % (p, w.lines[p], log[-3000:]))
+                self.assertEqual(len(w.failed_start_lines(p)), 1,
+                                 'worker %d: %s\n%s'
+                                 % (p, w.before[p], log[-3000:]))
+        self.assertEqual(w.failed_start_lines(None), [], log[-3000:])
+        self.assertLessEqual(len(w.order), max_restarts,
+                             'the holder loops:\n' + log[-3000:])
         self.assertLessEqual(log.count(STARTED), 1 + max_restarts,
-                             'the daemon restarts in a loop:\n' + log[-3000:])
+                             'the worker restarts in a loop:\n'
+                             + log[-3000:])
+        self.assertTrue(h.supervisor.alive(), 'the holder exited (%s):\n%s'
+                        % (h.supervisor.popen.returncode, log[-3000:]))
 
-    def kill_daemon(self, h):
-        """SIGKILL the supervised daemon and its sandbox child; returns the
-        daemon's pid and the log offset before the kill."""
+    def assert_failed_starts(self, h, since, killed, reason):
+        """After our SIGKILL of worker killed (log offset since): it ended
+        by signal 9, each next worker but the last could not start (one
+        line with reason, exit 75) and was restarted after 0, 10, 20 ...
+        ms; the last restored.  Returns the number of failed starts."""
+        log = h.supervisor.output()[since:]
+        w = Workers(log)
+        self.assertEqual(w.order[:1], [killed], log)
+        self.assertEqual(w.how[killed], ('signal', signal.SIGKILL), log)
+        self.assertRegex(w.lines[killed][0], r'after \d+ ms: restarting$')
+        failed = w.order[1:]
+        self.assertTrue(failed, 'no start failed:\n' + log)
+        for n, p in enumerate(failed, 1):
+            self.assertEqual(w.how[p], ('exit status', EXIT_RETRY), log)
+            self.assertEqual(w.lines[p], [
+                'holder: worker %d could not start (exit status %d)'
+                % (p, EXIT_RETRY),
+                'holder: worker %d ended (exit status %d) before serving a '
+                'request (%d in a row): restarting in %d ms'
+                % (p, EXIT_RETRY, n, backoff(n))], log)
+            lines = w.failed_start_lines(p)
+            self.assertEqual(len(lines), 1, log)
+            self.assertIn(reason, lines[0])
+        self.assertEqual(w.unknown, [], log)
+        # The worker running now restored, and said nothing else
+        self.assertEqual(len(RESTORED.findall('\n'.join(w.before[None]))),
+                         1, log)
+        self.assertEqual(w.failed_start_lines(None), [], log)
+        return len(failed)
+
+    def kill_worker(self, h):
+        """SIGKILL the holder's worker (and anything in its pid
+        namespace); returns the worker's pid, the log offset before the
+        kill and the processes killed."""
         pid = h.supervised_child_pid()
         since = len(h.supervisor.output())
         tree = process_tree(pid)
@@ -220,25 +376,62 @@ class StateLimitsTest(unittest.TestCase):
             os.kill(p, signal.SIGSTOP)
         for p in reversed(tree):
             os.kill(p, signal.SIGKILL)
+        self.killed.add(pid)
         return pid, since, tree
 
-    def wait_restored(self, h, since, timeout=30):
-        def restored():
+    @contextlib.contextmanager
+    def between_workers(self, h):
+        """SIGSTOP the holder, SIGKILL its worker and wait until the worker
+        is a zombie: the stopped holder cannot reap it, so no other
+        worker starts until the holder gets SIGCONT at the end (also on
+        failure).  Yields (worker pid, log offset before the kill)."""
+        holder = h.supervisor.pid
+        os.kill(holder, signal.SIGSTOP)
+        try:
+            wait_until(lambda: proc_state(holder) == 'T',
+                       'holder %d stopped' % holder, 10, 0.001)
+            pid, since, tree = self.kill_worker(h)
+            wait_until(lambda: not any(map(alive, tree)),
+                       'worker %d a zombie' % pid, 10)
+            # Nothing else: the holder is stopped
+            self.assertEqual(vmharness.children(holder), [pid])
+            yield pid, since
+        finally:
+            os.kill(holder, signal.SIGCONT)
+
+    def wait_line(self, h, rx, since, what, timeout=30):
+        def seen():
             log = h.supervisor.output()[since:]
             if not h.supervisor.alive():
-                raise AssertionError('supervisor exited:\n' + log)
-            return RESTORED.search(log)
-        return wait_until(restored, 'the restored line', timeout, 0.01)
+                raise AssertionError('the holder exited (%s) waiting for '
+                                     '%s:\n%s' % (h.supervisor.popen
+                                                  .returncode, what, log))
+            return rx.search(log)
+        return wait_until(seen, what, timeout, 0.01)
+
+    def wait_restored(self, h, since, timeout=30):
+        return self.wait_line(h, RESTORED, since, 'the restored line',
+                              timeout)
+
+    def outage_cmd(self, h, hold, seq, what, timeout=60):
+        """The WL line of a command the guest sent while no worker could
+        serve it: answered, and right, once one restored."""
+        try:
+            line = hold.wait(seq, timeout)
+        except TimeoutError:
+            self.hung(h, 'at the request sent %s' % what)
+        self.assertTrue(line.ok, '%s: %s' % (what, line))
+        return line
 
     def test_full_state_dir(self):
         """The state tmpfs fills up under guest load: ENOSPC for the
         requests that need a new record, no SIGBUS, a restart restores
         everything, creates work again once space is back."""
-        with self.setup('state-full') as (h, state, hold):
+        with self.setup('state-full') as (h, mnt, state, hold):
             self.run_ok(h, hold, ['open keep a', 'write a 0 64k 5',
                                   'mkdir pre'])
-            fill(state)
-            # Far more new names than the records the daemon still has
+            fill(mnt)
+            # Far more new names than the records the worker still has
             # room for (at most 256 from its last grow)
             lines = self.pipelined(h, hold, ['mkdir d%03d' % i
                                           for i in range(400)])
@@ -258,10 +451,17 @@ class StateLimitsTest(unittest.TestCase):
                                   'stat pre'] +
                         ['stat %s' % n for n in made[-3:]])
 
-            pid, since, _ = self.kill_daemon(h)
+            pid, since, _ = self.kill_worker(h)
             m = self.wait_restored(h, since)
+            self.assertEqual(m.group(1), state, m.group(0))
             self.assertGreaterEqual(int(m.group(2)), len(made) + 2,
                                     m.group(0))
+            # Restored at the first start: no new space needed
+            log = h.supervisor.output()[since:]
+            w = Workers(log)
+            self.assertEqual([(p, w.how[p]) for p in w.order],
+                             [(pid, ('signal', signal.SIGKILL))], log)
+            self.assertEqual(FAILED_START.findall(log), [], log)
             self.run_ok(h, hold, ['check a 0 64k 5', 'check a 64k 4k 6',
                                   'stat pre'] +
                         ['stat %s' % n for n in made[::50] + made[-1:]])
@@ -269,9 +469,11 @@ class StateLimitsTest(unittest.TestCase):
                 self.assertTrue(os.path.isdir(os.path.join(h.shared, n)), n)
             line = hold.cmd('mkdir still-full')
             self.assertEqual(line.result, 'err=ENOSPC', line)
+            self.assertFalse(os.path.exists(os.path.join(h.shared,
+                                                         'still-full')))
 
             # Space back: the share creates again
-            remount(state, 'size=4m')
+            remount(mnt, 'size=4m')
             self.run_ok(h, hold, ['mkdir after', 'open after/x b',
                                   'write b 0 4k 9', 'check b 0 4k 9'])
             self.assertTrue(os.path.isfile(os.path.join(h.shared, 'after',
@@ -282,93 +484,188 @@ class StateLimitsTest(unittest.TestCase):
                   '"%s"' % (len(made), len(refused), m.group(0)), flush=True)
 
     def test_restart_without_space(self):
-        """A restart that would need new space on a full state dir stops
-        with one line; the supervisor backs off; space back, the next
-        start restores the session."""
-        with self.setup('state-nospace') as (h, state, hold):
+        """A restart that would need new space on a full state dir: the
+        worker stops with one line and exit 75, the holder backs off;
+        space back, the next start restores the session."""
+        with self.setup('state-nospace') as (h, mnt, state, hold):
             self.run_ok(h, hold, ['open keep a', 'write a 0 64k 5',
                                   'mkdir d1', 'open d1/f b',
                                   'write b 0 4k 7'])
-            sup = h.supervisor.pid
-            # Between two daemons: the supervisor waits until we are done
-            os.kill(sup, signal.SIGSTOP)
-            try:
-                pid, since, tree = self.kill_daemon(h)
-                wait_until(lambda: not any(map(alive, tree[1:])),
-                           'the sandbox child gone', 10)
-                # Holes where the next daemon writes (the intent slots,
+            with self.between_workers(h) as (pid, since):
+                # Holes where the next worker writes (the intent slots,
                 # all idle), as a state file copied sparse or written by
                 # a daemon that did not reserve its blocks; then no space
                 intents = os.path.join(state, 'intents')
                 size = os.path.getsize(intents)
                 punch_hole(intents, 4096, size - 4096)
-                fill(state)
-            finally:
-                os.kill(sup, signal.SIGCONT)
-
-            def refused():
-                if not h.supervisor.alive():
-                    raise AssertionError('supervisor exited')
-                return REFUSING.search(h.supervisor.output()[since:])
-            m = wait_until(refused, 'a refusal', 30, 0.01)
-            remount(state, 'size=4m')
-            self.assertEqual(m.group(1), state, m.group(0))
-            self.assertIn('state file intents', m.group(2))
-            self.assertIn('No space left on device', m.group(2))
+                fill(mnt)
+                # The guest's next request, sent while no worker runs
+                seq = hold.send('check a 0 64k 5')
+            t_cont = time.monotonic()
+            m = self.wait_line(h, FAILED_START, since, 'a refusal')
+            remount(mnt, 'size=4m')
+            self.assertEqual(m.group(0), 'state: refusing %s: cannot back '
+                             'state file intents (%d bytes) with blocks: No '
+                             'space left on device' % (state, size))
             r = self.wait_restored(h, since)
-            log = h.supervisor.output()[since:]
-            self.assertRegex(log, r'exited \(status 1\); restart \d+ in '
-                             r'\d+ ms \(failed start 1 in a row\)')
+            outage = self.outage_cmd(h, hold, seq, 'during the refusals')
+            t_answer = time.monotonic()
+            nfailed = self.assert_failed_starts(h, since, pid,
+                                                'No space left on device')
             self.run_ok(h, hold, ['check a 0 64k 5', 'check b 0 4k 7',
                                   'write b 4k 4k 8', 'mkdir d2',
                                   'stat d1'])
             self.assertTrue(os.path.isdir(os.path.join(h.shared, 'd2')))
             time.sleep(0.5)
-            # The kill, then one refusal or a few (backing off)
-            self.assert_no_sigbus_no_loop(h, 4)
-            refusals = REFUSING.findall(h.supervisor.output())
-            print('functional       state-nospace: %d refusal(s): "%s"; '
-                  'then "%s"' % (len(refusals), m.group(0), r.group(0)),
-                  flush=True)
+            # The kill, then one failed start or a few (backing off)
+            self.assert_no_sigbus_no_loop(h, 5)
+            print('functional       state-nospace: %d failed start(s): '
+                  '"%s"; then "%s"; the guest\'s request sent during it: %s '
+                  'after %.0f ms' % (nfailed, m.group(0), r.group(0),
+                                     outage.result,
+                                     (t_answer - t_cont) * 1000), flush=True)
 
-            # Read-only: the kernel refuses while a daemon holds its
-            # state files writable (mount point is busy) ...
+    def test_restart_state_dir_unusable(self):
+        """A state dir made read-only, then one renamed away, between two
+        workers: each next worker stops with one line and exit 75, the
+        holder backs off; the first start once it is back restores the
+        session."""
+        with self.setup('state-unusable') as (h, mnt, state, hold):
+            self.run_ok(h, hold, ['open keep a', 'write a 0 64k 5',
+                                  'mkdir d1', 'open d1/f b',
+                                  'write b 0 4k 7', 'write b 4k 4k 8'])
+            report = []
+            # Read-only: the kernel refuses while a holder's table holds
+            # the record files writable (mount point is busy), also
+            # between two workers: the table is the holder's too.  A
+            # read-only bind mount over the state directory: the next
+            # worker opens it read-only
             with self.assertRaises(RuntimeError):
-                remount(state, 'ro')
-            # ... so between two daemons: one line, back off, and the
-            # next start once it is writable restores the session
-            since = len(h.supervisor.output())
-            os.kill(sup, signal.SIGSTOP)
-            try:
-                _, _, tree = self.kill_daemon(h)
-                wait_until(lambda: not any(map(alive, tree)),
-                           'the daemon gone', 10)
-                remount(state, 'ro')
-            finally:
-                os.kill(sup, signal.SIGCONT)
-            m = wait_until(refused, 'a refusal (read-only)', 30, 0.01)
-            remount(state, 'rw')
+                remount(mnt, 'ro')
+            ends = len(Workers(h.supervisor.output()).order)
+            with self.between_workers(h) as (pid, since):
+                with self.assertRaises(RuntimeError):
+                    remount(mnt, 'ro')
+                run('mount', '--bind', state, state)
+                run('mount', '-o', 'remount,bind,ro', state)
+                seq = hold.send('check b 4k 4k 8')
+            t_cont = time.monotonic()
+            m = self.wait_line(h, FAILED_START, since,
+                               'a refusal (read-only)')
+            run('umount', '-l', state)
             self.assertEqual(m.group(1), state, m.group(0))
             self.assertIn('Read-only file system', m.group(2))
             r = self.wait_restored(h, since)
+            outage = self.outage_cmd(h, hold, seq, 'while read-only')
+            t_answer = time.monotonic()
+            nfailed = self.assert_failed_starts(h, since, pid,
+                                                'Read-only file system')
             self.run_ok(h, hold, ['check a 0 64k 5', 'check b 0 4k 7',
                                   'check b 4k 4k 8', 'mkdir d3'])
+            self.assertTrue(os.path.isdir(os.path.join(h.shared, 'd3')))
             time.sleep(0.5)
-            self.assert_no_sigbus_no_loop(h, 8)
-            print('functional       state-readonly: "%s"; then "%s"'
-                  % (m.group(0), r.group(0)), flush=True)
+            self.assert_no_sigbus_no_loop(h, ends + 10)
+            report.append('state-readonly: %d failed start(s): "%s"; then '
+                          '"%s"; the guest\'s request sent during it: %s '
+                          'after %.0f ms'
+                          % (nfailed, m.group(0), r.group(0), outage.result,
+                             (t_answer - t_cont) * 1000))
+
+            # Missing (renamed away): the worker cannot open it, one line,
+            # exit 75, back off; renamed back, the next start restores
+            away = state + '.away'
+            ends = len(Workers(h.supervisor.output()).order)
+            with self.between_workers(h) as (pid, since):
+                os.rename(state, away)
+                seq = hold.send('check a 0 64k 5')
+            t_cont = time.monotonic()
+            try:
+                m = self.wait_line(h, FAILED_START, since,
+                                   'a refusal (missing)')
+            finally:
+                os.rename(away, state)
+            self.assertEqual(m.group(0), 'state: cannot open %s: No such '
+                             'file or directory' % state)
+            r = self.wait_restored(h, since)
+            outage = self.outage_cmd(h, hold, seq, 'while missing')
+            t_answer = time.monotonic()
+            nfailed = self.assert_failed_starts(h, since, pid,
+                                                'No such file or directory')
+            self.run_ok(h, hold, ['check a 0 64k 5', 'check b 0 4k 7',
+                                  'check b 4k 4k 8', 'stat d3', 'mkdir d4'])
+            self.assertTrue(os.path.isdir(os.path.join(h.shared, 'd4')))
+            time.sleep(0.5)
+            self.assert_no_sigbus_no_loop(h, ends + 10)
+            report.append('state-missing: %d failed start(s): "%s"; then '
+                          '"%s"; the guest\'s request sent during it: %s '
+                          'after %.0f ms'
+                          % (nfailed, m.group(0), r.group(0), outage.result,
+                             (t_answer - t_cont) * 1000))
+            for line in report:
+                print('functional       ' + line, flush=True)
+
+    def test_clean_start_without_space(self):
+        """No saved session, and no space for the record files: the worker
+        stops with one line and exit 75 (a resource, not a refusal of the
+        state: the holder stays), the holder backs off; space back, the
+        next worker starts clean.  No guest: a client that connects as
+        QEMU does is enough for a worker to read its state."""
+        t0 = time.monotonic()
+        self.killed = set()
+        with tmpfs('640k') as mnt, \
+                vmharness.Harness('state-clean-full') as h:
+            try:
+                state = os.path.join(mnt, 'state')
+                os.mkdir(state, 0o700)
+                fill(mnt)
+                h.start_supervised_virtiofsd(state)
+                client = vmharness.unix_connect(h.sock)
+                m = self.wait_line(h, FAILED_START, 0, 'a refusal')
+                self.wait_line(h, FAST, 0, 'the restart')
+                client.close()
+                remount(mnt, 'size=4m')
+                # (the failed worker printed a clean start too, before
+                # its refusal)
+                since = len(h.supervisor.output())
+                client = vmharness.unix_connect(h.sock)
+                c = self.wait_line(h, CLEAN, since, 'a clean start')
+                # Past the state: its files made, serving the connection
+                self.wait_line(h, re.compile(r'^virtio_loop: Entry$', re.M),
+                               since, 'the worker serving')
+                self.assertEqual(FAILED_START.findall(
+                    h.supervisor.output()[since:]), [])
+                self.assertLessEqual({'inodes', 'files', 'dirs', 'plocks',
+                                      'intents'}, set(os.listdir(state)))
+                client.close()
+                self.assertEqual(m.group(1), state, m.group(0))
+                self.assertIn('No space left on device', m.group(2))
+                w = Workers(h.supervisor.output())
+                self.assertEqual(len(w.order), 1, w.lines)
+                self.assertEqual(w.lines[w.order[0]], [
+                    'holder: worker %d could not start (exit status %d)'
+                    % (w.order[0], EXIT_RETRY),
+                    'holder: worker %d ended (exit status %d) before serving '
+                    'a request (1 in a row): restarting in 0 ms'
+                    % (w.order[0], EXIT_RETRY)])
+                self.assert_no_sigbus_no_loop(h, 1)
+            except BaseException:
+                sys.stderr.write('\n--- logs of %s (%s)\n%s\n'
+                                 % (self.id(), h.dir, h.log_tail(60)))
+                raise
+        print('functional       state-clean-full: "%s"; then "%s"; test %.1f s'
+              % (m.group(0), c.group(0), time.monotonic() - t0), flush=True)
 
     def test_fd_limit(self):
         """RLIMIT_NOFILE reached: EMFILE for the requests that need a new
         fd, nothing made for them; a restart restores everything recorded
         and serves (it needs fds of its own before its first request)."""
         limit = 128
-        # prlimit for the daemon; --rlimit-nofile, or root's daemon would
-        # raise its limit again
+        # prlimit for the holder (and so its workers); --rlimit-nofile, or
+        # root's virtiofsd would raise its limit again
         wrapper = ('prlimit', '--nofile=%d:%d' % (limit, limit), 'sh', '-c',
                    'exec "$0" "$@" --rlimit-nofile=%d' % limit)
         with self.setup('state-nofile', size='4m',
-                        wrapper=wrapper) as (h, state, hold):
+                        wrapper=wrapper) as (h, mnt, state, hold):
             self.run_ok(h, hold, ['open keep a', 'write a 0 64k 5',
                                   'mkdir pre'])
             lines = self.pipelined(h, hold, ['mkdir d%03d' % i
@@ -381,10 +678,12 @@ class StateLimitsTest(unittest.TestCase):
             self.assertTrue(refused, 'no EMFILE for %d new names' % limit)
             self.run_ok(h, hold, ['check a 0 64k 5', 'stat pre'])
 
-            pid, since, _ = self.kill_daemon(h)
+            pid, since, _ = self.kill_worker(h)
             m = self.wait_restored(h, since)
             self.assertGreaterEqual(int(m.group(2)), len(made) + 2,
                                     m.group(0))
+            self.assertEqual(FAILED_START.findall(
+                h.supervisor.output()[since:]), [])
             self.run_ok(h, hold, ['check a 0 64k 5', 'write a 64k 4k 6',
                                   'check a 64k 4k 6', 'stat pre'] +
                         ['stat %s' % n for n in made[::10] + made[-1:]])
@@ -395,7 +694,7 @@ class StateLimitsTest(unittest.TestCase):
             self.assertEqual([n for n in refused
                               if os.path.exists(os.path.join(h.shared, n))],
                              [])
-            # The restarted daemon holds about as many fds: new names
+            # The restarted worker holds about as many fds: new names
             # still get EMFILE once the ceiling is reached, and make
             # nothing
             lines = self.pipelined(h, hold, ['mkdir e%03d' % i
@@ -410,6 +709,7 @@ class StateLimitsTest(unittest.TestCase):
             self.assert_no_sigbus_no_loop(h, 1)
             print('functional       state-nofile: %d mkdirs ok, %d EMFILE; '
                   '"%s"' % (len(made), len(refused), m.group(0)), flush=True)
+
 
 if __name__ == '__main__':
     unittest.main()

@@ -31,8 +31,7 @@ QEMU_BUILD = os.environ.get('QEMU_BUILD', os.path.join(TOP, 'qemu', 'build'))
 GUEST_DIR = os.environ.get('GUEST_DIR', os.path.join(TOP, 'build', 'guest'))
 QEMU_BIN = os.path.join(QEMU_BUILD, 'qemu-system-x86_64')
 VIRTIOFSD_BIN = os.environ.get(
-    'VIRTIOFSD_BIN', os.path.join(QEMU_BUILD, 'tools', 'virtiofsd',
-                                  'virtiofsd'))
+    'VIRTIOFSD_BIN', os.path.join(QEMU_BUILD, 'tools', 'virtiofsd', 'virtiofsd'))
 FIRMWARE_DIRS = ['/usr/share/qemu', '/usr/share/seabios']
 
 WL_LINE = re.compile(r'^WL (\S+) (\S+) (\S+) (\S+) (\S+)(.*)$')
@@ -294,42 +293,46 @@ class Harness:
         return self.hold
 
     def start_supervised_virtiofsd(self, state_dir, options=('cache=auto',),
-                                   sup_opts=(), timeout=10, env=None,
-                                   wrapper=()):
-        """virtiofsd -o reconnect,state_dir=state_dir under
-        virtiofsd-supervisor; returns the supervisor's Proc (its log has
-        the daemon's lines too).  wrapper: argv the supervisor runs before
-        virtiofsd's (it must exec virtiofsd: LISTEN_PID is its pid).
-        Killed with the harness: the supervisor by pid, the daemons below
-        it through its process group."""
-        argv = [os.path.join(os.path.dirname(VIRTIOFSD_BIN),
-                             'virtiofsd-supervisor')] + list(sup_opts)
-        argv += ['--'] + list(wrapper)
-        argv += [VIRTIOFSD_BIN, '--socket-path=' + self.sock,
-                 '-o', 'source=' + self.shared, '-o', 'reconnect',
-                 '-o', 'state_dir=' + state_dir]
+                                   timeout=10, env=None, wrapper=(),
+                                   binary=None):
+        """virtiofsd -o reconnect,state_dir=state_dir: the process started
+        is the holder of the fd table, and it runs the daemon proper as a
+        worker it restarts (tools/virtiofsd/fd_holder.c).  Returns the
+        holder's Proc; its log has every worker's lines.  wrapper: argv
+        run before virtiofsd's (it must exec it); binary: another
+        virtiofsd.  Killed with the harness: the holder by pid, its
+        workers through its process group and their PR_SET_PDEATHSIG."""
+        argv = list(wrapper) + [binary or VIRTIOFSD_BIN,
+                                '--socket-path=' + self.sock,
+                                '-o', 'source=' + self.shared,
+                                '-o', 'reconnect', '-o',
+                                'state_dir=' + state_dir]
         for o in options:
             argv += ['-o', o]
         if os.path.exists(self.sock):
             os.unlink(self.sock)
-        p = Proc('supervisor', argv, os.path.join(self.dir, 'supervisor.log'),
+        p = Proc('holder', argv, os.path.join(self.dir, 'holder.log'),
                  env=env)
         self.procs.append(p)
         self.supervisor = p
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.sock):
             if not p.alive() or time.monotonic() > deadline:
-                raise RuntimeError('supervised virtiofsd is not listening:\n'
+                raise RuntimeError('virtiofsd is not listening:\n'
                                    + p.output())
             time.sleep(0.02)
         return p
 
-    def supervised_child_pid(self):
-        """The pid of the daemon the supervisor runs now."""
-        kids = children(self.supervisor.pid)
-        if not kids:
-            raise RuntimeError('the supervisor runs no daemon')
-        return kids[0]
+    def supervised_child_pid(self, timeout=10):
+        """The pid of the worker the holder runs now."""
+        deadline = time.monotonic() + timeout
+        while True:
+            kids = children(self.supervisor.pid)
+            if kids:
+                return kids[0]
+            if not self.supervisor.alive() or time.monotonic() > deadline:
+                raise RuntimeError('the holder runs no worker')
+            time.sleep(0.01)
 
     # -- the guest console ------------------------------------------------
 

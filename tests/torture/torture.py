@@ -6,13 +6,15 @@ and verify checksummed blocks, meta workers churn names, links, xattrs and
 locks) and, each in a directory of its own, two standard clients from
 Debian that we did not write: fio (randrw, --verify=crc32c with a verify
 backlog, O_DIRECT so reads go to the daemon) and stress-ng's file-system
-stressors with --verify (see STRESS).  virtiofsd -o reconnect runs under
-virtiofsd-supervisor and QEMU reconnects with reconnect-ms.  The host
-SIGKILLs the daemon every 0.2-1.2 s (random, seeded), CYCLES times, then
-creates the stop file.  The guest finishes and waits ("GUEST IDLE", share
-still mounted, nothing running, wl.idle): the host kills the daemon once
-more and counts the keeper's fds at rest, so that nothing changes under
-the count, lets the guest power off and verifies the data on the host:
+stressors with --verify (see STRESS).  virtiofsd -o reconnect runs as
+the holder of the fd table with the daemon proper in a worker it
+restarts (tools/virtiofsd/fd_holder.c), and QEMU reconnects with
+reconnect-ms.  The host SIGKILLs the worker every 0.2-1.2 s (random,
+seeded), CYCLES times, then creates the stop file.  The guest finishes
+and waits ("GUEST IDLE", share still mounted, nothing running, wl.idle):
+the host kills the worker twice more and counts the holder's fds at rest
+after each restore, so that nothing changes under the count, lets the
+guest power off and verifies the data on the host:
 
   cycles        kills done under load; fewer than asked fails (the
                 workload ending first is a failure, not a shorter run)
@@ -25,16 +27,23 @@ the count, lets the guest power off and verifies the data on the host:
                 PROBE_MS), not any workload line (steps that completed
                 before the kill, or that the guest's caches answered,
                 would pass with no daemon at all)
-  leaked-fds    fds in the supervisor beyond what the restored daemon
-                holds (the fds from the store and reopened by handle of
-                its restore line, plus one for the mount namespace),
-                counted at rest; "?" (a failure) when the check could
-                not run
+  leaked-fds    fds in the holder's table (which is the worker's too)
+                beyond what the records claim (inodes, files, dirs and
+                POSIX lock fds of the restore line, less the stale ones)
+                plus the fixed set of one connected worker (FIXED_FDS
+                more than the table held before QEMU connected), counted
+                at rest after each of two restores, plus any growth from
+                the first to the second (a dead worker's fds left
+                behind); "?" (a failure) when the check could not run
   fio-errors    fio verify failures and I/O errors (a failed run with no
                 error line counts 1; no result line from the guest counts 1)
   stress-errors stress-ng "fail:" and "error:" lines, failed or skipped
                 stressors (likewise)
-  daemon-crashes  daemon exits the host did not cause (abort, exit status)
+  daemon-crashes  worker deaths the host did not cause (a worker it did
+                not kill, a signal other than its SIGKILL, an exit
+                status), and the holder ending with a status
+                other than 0 (a worker's exit status ends it), or with
+                0 while QEMU still runs the guest
 
 Last line: "torture: N cycles, E io-errors, M mismatches, H hung,
 L leaked-fds, F fio-errors, S stress-errors, C daemon-crashes"; the exit
@@ -65,9 +74,16 @@ PROBE_MS = 10
 PROBE = re.compile(r'^WL probe (\d+) create \S+ (\S+) ms=\d+ t0=(\d+) '
                    r't1=(\d+)', re.M)
 RESTORED = re.compile(r'^state: restored session from \S+: (\d+) inodes, '
-                      r'(\d+) files, (\d+) dirs \((\d+) fds from the store, '
-                      r'(\d+) reopened by handle, (\d+) stale\) in (\d+) us',
-                      re.M)
+                      r'(\d+) files, (\d+) dirs, (\d+) POSIX lock fds '
+                      r'\((\d+) stale\) in (\d+) us', re.M)
+# What one worker with a connected front-end holds besides the records'
+# fds and what the table held before QEMU connected (the holder's own
+# fds, its listening socket, the first worker's state directory): the
+# sandbox's mount namespace, its root and /proc fds (3), the four record
+# maps, the vhost-user connection and its back-end channel, the inflight
+# region's memfd, and 4 eventfds for each of the 2 queues (kick, call,
+# err, the queue thread's kill).  Measured: 25 fds at rest, 6 at start.
+FIXED_FDS = 19
 WORKERS, FILES, SIZE, BS = 2, 2, 1 << 20, 65536
 # fio: random 4 KiB reads and writes on a 2 MiB file, each written block
 # verified (crc32c header) within 64 writes and again at the end of a run;
@@ -88,8 +104,24 @@ STRESS = ['--dir', '1', '--rename', '1', '--link', '1', '--symlink', '1',
           '--chmod', '1', '--utime', '1', '--verify', '--timeout', '30s',
           '--temp-path', '/mnt/stress', '--metrics-brief']
 CLIENTS_INITRD = os.path.join(vmharness.GUEST_DIR, 'initrd-clients.img')
-EXITED = re.compile(r'^virtiofsd-supervisor: \S+ pid \d+ exited \(([^)]*)\)',
-                    re.M)
+# The holder's lines about a dead worker ("... killed by signal 9 after
+# N ms: restarting", "... ended (signal 9) after ...", "... ended before
+# serving a request ...", "... could not start (exit status N)"), each
+# naming its pid
+WORKER_LINE = re.compile(r'^holder: worker (\d+) (.*)$', re.M)
+
+
+def worker_crashes(text, killed):
+    """The holder's lines about workers the host did not kill (pids not in
+    killed), or that died of something else than SIGKILL (another
+    signal, an exit status)."""
+    bad = []
+    for pid, rest in WORKER_LINE.findall(text):
+        sig = re.search(r'signal (\d+)', rest)
+        if (int(pid) not in killed or 'exit status' in rest or
+                (sig and int(sig.group(1)) != signal.SIGKILL)):
+            bad.append('worker %s %s' % (pid, rest))
+    return bad
 
 
 def progress(msg):
@@ -178,11 +210,34 @@ def wait_restore(h, sup, n, timeout=30):
     deadline = time.monotonic() + timeout
     while len(restores(sup)) < n:
         if not sup.alive():
-            raise RuntimeError('the supervisor exited\n' + h.log_tail())
+            raise RuntimeError('the holder exited (%s)\n%s'
+                               % (sup.popen.returncode, h.log_tail()))
         if time.monotonic() > deadline:
             raise TimeoutError('restart %d not restored within %d s\n%s'
                                % (n, timeout, h.log_tail()))
         time.sleep(0.005)
+
+
+def settled_fd_count(pid, timeout=5):
+    """The number of fds in pid's table once it has not changed for
+    0.5 s (the guest is idle), or after timeout."""
+    deadline = time.monotonic() + timeout
+    last_n, same = None, 0
+    while same < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        n = fd_count(pid)
+        same = same + 1 if n == last_n else 0
+        last_n = n
+    return fd_count(pid)
+
+
+def base_fd_count(h, sup):
+    """The holder's table before QEMU connects: its own fds, the
+    listening socket and what the first worker opens before it waits for
+    the connection (its state directory)."""
+    vmharness.wait_output(sup, r'Waiting for vhost-user socket connection',
+                          10, 'the first worker waiting for QEMU')
+    return settled_fd_count(sup.pid, 2)
 
 
 def guest_progress(h, need, timeout=HANG_S):
@@ -198,49 +253,53 @@ def guest_progress(h, need, timeout=HANG_S):
     return True
 
 
-def check_fds(h, sup, base_fds):
-    """Kill the daemon once more while the guest is idle (it waits in
-    "GUEST IDLE", share mounted, nothing open) and compare the
-    supervisor's fds with what the restored daemon claims.  Returns the
-    number of leaked fds, or None (with the reason printed) if the check
-    could not run."""
+def check_fds(h, sup, base_fds, killed):
+    """Kill the worker twice more while the guest is idle (it waits in
+    "GUEST IDLE", share mounted, nothing open) and, after each restore,
+    compare the holder's fd table (the worker's too) with what the
+    records claim.  Returns the number of leaked fds, or None (with the
+    reason printed) if the check could not run."""
     if not sup.alive() or not h.qemu.alive():
         progress('leak check could not run: the %s is gone'
-                 % ('supervisor' if not sup.alive() else 'guest'))
+                 % ('holder' if not sup.alive() else 'guest'))
         return None
+    bound = base_fds + FIXED_FDS
+    unclaimed = []
     try:
-        n = len(restores(sup))
-        os.kill(h.supervised_child_pid(), signal.SIGKILL)
-        wait_restore(h, sup, n + 1)
-        last = restores(sup)[-1]
-        held = int(last[3]) + int(last[4])
-        # The supervisor handles the daemon's FDSTOREREMOVEs of what it
-        # does not claim after the restore line: count once the number
-        # has not changed for 0.5 s (the guest is idle), or after 5 s
-        deadline = time.monotonic() + 5
-        last_n, same = None, 0
-        while same < 10 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            n = fd_count(sup.pid)
-            same = same + 1 if n == last_n else 0
-            last_n = n
-        # Besides the inodes' fds the keeper holds one fd of the sandbox's
-        # mount namespace, which the restore line leaves out
-        mnt = sum(1 for t in fd_targets(sup.pid).values()
-                  if t.startswith('mnt:['))
-        leaked = fd_count(sup.pid) - base_fds - held - min(mnt, 1)
-    except (RuntimeError, TimeoutError, OSError) as e:
+        for _ in range(2):
+            n = len(restores(sup))
+            pids = vmharness.process_tree(h.supervised_child_pid())
+            os.kill(pids[0], signal.SIGKILL)
+            killed.add(pids[0])
+            wait_dead(pids)
+            wait_restore(h, sup, n + 1)
+            inodes, files, dirs, plocks, stale, _us = map(
+                int, restores(sup)[-1])
+            # Each record restored holds one fd; a stale one holds none
+            # (the POSIX lock records that go stale are not in plocks)
+            held = inodes + files + dirs + plocks - stale
+            total = settled_fd_count(sup.pid)
+            unclaimed.append(total - held)
+            progress('at rest: the holder holds %d fds, the records claim '
+                     '%d (%s), %d unclaimed (at most %d: %d before QEMU '
+                     'connected + %d of a connected worker)'
+                     % (total, held, restores_text(sup)[-1].split(': ', 1)[1],
+                        unclaimed[-1], bound, base_fds, FIXED_FDS))
+    except (RuntimeError, TimeoutError, OSError, ValueError) as e:
         progress('leak check could not run: %s' % str(e).splitlines()[0])
         return None
-    if leaked != 0:
-        progress('supervisor holds %d fds, %d at start, the daemon '
-                 'claims %d' % (fd_count(sup.pid), base_fds, held))
+    # More than the fixed set after the first restore: fds of the dead
+    # workers under load; growth from the first to the second: fds of the
+    # worker killed in between
+    first, second = unclaimed
+    leaked = max(0, first - bound) + max(0, second - max(first, bound))
+    if leaked or second < first:
+        progress('holder fds after the last restore:')
         for fd, what in sorted(fd_targets(sup.pid).items()):
             progress('  fd %d: %s' % (fd, what))
-        progress('  restore: ' + restores_text(sup)[-1])
-    # Fewer fds than the daemon claims is as wrong as more (lost fds, or
-    # wrong accounting): report the difference either way
-    return abs(leaked)
+    # Fewer unclaimed fds after a restart than before it is as wrong as
+    # more (the accounting is off, or the worker lost fds): count it
+    return leaked + max(0, first - second)
 
 
 def workload_counts(console):
@@ -299,6 +358,7 @@ def run(cycles, seed, keep, clients=True):
     rng = random.Random(seed)
     hung = 0
     kills = 0
+    killed = set()      # the pids of the workers the host killed
     with vmharness.Harness('torture', keep=keep) as h:
         for d in ('data', 'fio', 'stress'):
             os.mkdir(os.path.join(h.shared, d))
@@ -306,8 +366,8 @@ def run(cycles, seed, keep, clients=True):
         os.mkdir(state, 0o700)
         sup = h.start_supervised_virtiofsd(
             state, options=('cache=auto', 'xattr', 'flock'))
-        base_fds = fd_count(sup.pid)
-        progress('supervisor fds at start: %s' % ', '.join(
+        base_fds = base_fd_count(h, sup)
+        progress('holder fds at start: %s' % ', '.join(
             '%d %s' % kv for kv in sorted(fd_targets(sup.pid).items())))
         # The workload runs until the host creates the stop file after the
         # last kill; the duration is only a bound
@@ -339,6 +399,7 @@ def run(cycles, seed, keep, clients=True):
             try:
                 pids = vmharness.process_tree(h.supervised_child_pid())
                 os.kill(pids[0], signal.SIGKILL)
+                killed.add(pids[0])
                 kills += 1
                 wait_dead(pids)
                 need = first_needing(os.path.join(h.shared, 'data', 'probe'))
@@ -362,13 +423,14 @@ def run(cycles, seed, keep, clients=True):
 
         # The guest finishes, then waits with the share mounted: the last
         # restart and the fd count happen at rest, before it powers off
-        # (after that QEMU exits and so does the supervisor)
+        # (after that QEMU exits and so does the holder, with the status
+        # of its worker)
         leaked = None
         if not hung:
             open(stop, 'w').close()
             try:
                 h.wait_console(r'^GUEST IDLE', 300, 'the end of the workload')
-                leaked = check_fds(h, sup, base_fds)
+                leaked = check_fds(h, sup, base_fds, killed)
                 open(idle, 'w').close()
                 h.wait_console(r'^GUEST DONE rc=\d+', HANG_S + 30,
                                'the end after the leak check')
@@ -381,10 +443,25 @@ def run(cycles, seed, keep, clients=True):
         errors, mismatches = workload_counts(console)
         fio_errors = client_errors(console, 'FIO') if clients else 0
         stress_errors = client_errors(console, 'STRESS') if clients else 0
-        exits = EXITED.findall(sup.output())
-        crashes = [x for x in exits if x not in ('signal 9', 'status 0')]
+        # Worker deaths the host did not cause; a worker's exit
+        # (other than a retried start) ends the holder with its
+        # status: once the guest
+        # is done (QEMU ends the session) that must be 0, and before
+        # that the holder must still be there
+        crashes = worker_crashes(sup.output(), killed)
+        done = re.search(r'^GUEST DONE', console, re.M)
+        if done:
+            try:
+                sup.wait(HANG_S)
+            except TimeoutError:
+                pass
+        rc = sup.popen.poll()
+        if rc is not None and (rc != 0 or (not done and h.qemu.alive())):
+            crashes.append('holder exit status %d%s'
+                           % (rc, '' if done else ' before the guest was '
+                              'done'))
         for x in sorted(set(crashes)):
-            progress('daemon exited (%s) %d times' % (x, crashes.count(x)))
+            progress('daemon crash: %s' % x)
 
         # The host sees what the guest wrote
         if not hung:
