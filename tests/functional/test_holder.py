@@ -651,6 +651,49 @@ class HolderTest(unittest.TestCase):
         print('functional       holder refusals: %s' % ' / '.join(
             '"%s"' % l for l in lines), flush=True)
 
+    # -- 5b ---------------------------------------------------------------
+
+    def test_state_in_use(self):
+        """Never two workers on one state, across holders too: a second
+        virtiofsd on the same state directory waits, asks for a later
+        start (exit 75, back-off) and serves only once the first one's
+        last process is gone.  A holder killed first leaves its worker to
+        die asynchronously (parent-death signal); the lock on the state
+        directory lives as long as that worker's fd table."""
+        with self.harness('holder-in-use') as h:
+            a, state = self.holder(h)
+            client = self.connect(h)
+            self.wait_log(a, CLEAN)
+            worker_a = self.worker(a)
+
+            sock_b = os.path.join(h.dir, 'b.sock')
+            argv = [vmharness.VIRTIOFSD_BIN, '--socket-path=' + sock_b,
+                    '-o', 'source=' + h.shared, '-o', 'reconnect',
+                    '-o', 'state_dir=' + state]
+            for o in DAEMON_OPTS:
+                argv += ['-o', o]
+            b = vmharness.Proc('holder-b', argv,
+                               os.path.join(h.dir, 'holder-b.log'))
+            h.procs.append(b)
+            self.wait_log(b, re.compile(r'^state: \S+ is in use by another '
+                                        r'virtiofsd$', re.M), timeout=10)
+            self.wait_log(b, re.compile(r'^holder: worker \d+ could not '
+                                        r'start \(exit status 75\)$', re.M))
+            self.assertIsNone(ACCEPTING.search(self.log(b)),
+                              'a second worker used the state:\n'
+                              + self.log(b))
+
+            # The first holder dies; its worker follows asynchronously
+            a.signal(signal.SIGKILL)
+            wait_until(lambda: not pid_alive(worker_a),
+                       'the end of worker %d' % worker_a, 10)
+            self.wait_log(b, ACCEPTING, timeout=20)
+            client.close()
+            in_use = len(re.findall(r'(?m)^state: \S+ is in use', self.log(b)))
+            print('functional       state in use: %d failed start(s) of the '
+                  'second virtiofsd, which started once the first was gone'
+                  % in_use, flush=True)
+
     # -- 6 ----------------------------------------------------------------
 
     def test_stop_signals(self):
