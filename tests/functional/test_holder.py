@@ -197,20 +197,23 @@ class WorkerWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self):
+        kids = children(self.pid)
+        self.samples += 1
+        if len(kids) > self.max_seen:
+            self.max_seen = len(kids)
+            self.most = kids
+        for k in kids:
+            if k not in self.order:
+                older = [o for o in self.order
+                         if os.path.exists('/proc/%d' % o)]
+                if older:
+                    self.overlaps.append((k, older))
+                self.order.append(k)
+
     def _run(self):
         while not self._stop.is_set():
-            kids = children(self.pid)
-            self.samples += 1
-            if len(kids) > self.max_seen:
-                self.max_seen = len(kids)
-                self.most = kids
-            for k in kids:
-                if k not in self.order:
-                    older = [o for o in self.order
-                             if os.path.exists('/proc/%d' % o)]
-                    if older:
-                        self.overlaps.append((k, older))
-                    self.order.append(k)
+            self._sample()
             time.sleep(self.interval)
 
     def __enter__(self):
@@ -220,6 +223,8 @@ class WorkerWatch:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(5)
+        # A thread starved under load may not have seen the last worker
+        self._sample()
         return False
 
 
