@@ -194,6 +194,7 @@ class WorkerWatch:
         self.order = []
         self.overlaps = []
         self.samples = 0
+        self.error = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -212,11 +213,17 @@ class WorkerWatch:
                 self.order.append(k)
 
     def _run(self):
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(self.interval)
+        try:
+            while not self._stop.is_set():
+                self._sample()
+                time.sleep(self.interval)
+        except BaseException as e:
+            self.error = repr(e)
+            raise
 
     def __enter__(self):
+        # The worker running now, before the caller can kill it
+        self._sample()
         self._thread.start()
         return self
 
@@ -450,7 +457,10 @@ class HolderTest(unittest.TestCase):
                              % watch.most)
             self.assertEqual(watch.overlaps, [])
             self.assertEqual(len(set(workers)), 21, workers)
-            self.assertEqual(set(watch.order), set(workers))
+            self.assertIsNone(watch.error)
+            self.assertEqual(set(watch.order), set(workers),
+                             'workers %s, sampled %s (%d samples)'
+                             % (workers, watch.order, watch.samples))
             # The data, from the host side too
             with open(fa, 'rb') as f:
                 self.assertEqual(f.read(),
