@@ -120,11 +120,13 @@ class RestartLostFdsTest(unittest.TestCase):
             try:
                 vmharness.wait_until(lambda: proc_state(sup.pid) == 'T',
                                      'the holder stopped', 10, 0.01)
+                state_fd = self.fd_of(worker, state)
                 os.kill(worker, signal.SIGKILL)
                 vmharness.wait_until(
                     lambda: proc_state(worker) in (None, 'Z'),
                     'the worker dead', 10, 0.01)
-                forged = self.forge(os.path.join(state, 'inodes'), share, d2)
+                forged = self.forge(os.path.join(state, 'inodes'), share, d2,
+                                    state_fd)
             finally:
                 os.kill(sup.pid, signal.SIGCONT)
 
@@ -199,9 +201,25 @@ class RestartLostFdsTest(unittest.TestCase):
                   % (', '.join('%s: %s' % kv for kv in sorted(forged.items())),
                      m.group(0)), flush=True)
 
-    def forge(self, path, share, d2):
+    def fd_of(self, pid, path):
+        """(fd, mount id) of pid's fd on path: the worker's state dir"""
+        for fd in os.listdir('/proc/%d/fd' % pid):
+            try:
+                if os.readlink('/proc/%d/fd/%s' % (pid, fd)) != path:
+                    continue
+                with open('/proc/%d/fdinfo/%s' % (pid, fd)) as f:
+                    mnt = re.search(r'^mnt_id:\s*(\d+)$', f.read(), re.M)
+                return int(fd), int(mnt.group(1))
+            except OSError:
+                continue
+        self.fail('worker %d has no fd on %s' % (pid, path))
+
+    def forge(self, path, share, d2, state_fd):
         """Edit the records of v1, v3, v4, v5, v6 and d2 in the inodes
-        file at path; returns {name: what its record names now}."""
+        file at path; returns {name: what its record names now}.  d2's
+        names the dead worker's own state directory fd, with that fd's
+        exact device, inode, mount id and type: only the restore's own
+        checks (the share's mount, not a state file) can refuse it."""
         recs = read_inode_records(path)
 
         def rec_of(p):
@@ -214,13 +232,13 @@ class RestartLostFdsTest(unittest.TestCase):
             return os.path.join(share, n)
 
         b_fd = rec_of(name('b'))[1][5]
-        root = os.stat('/')
+        state_st = os.stat(os.path.dirname(path))
         other = os.stat('/proc/self/status')
         self.assertNotEqual(other.st_dev, os.stat(share).st_dev)
         forged = {}
         edits = []
         for n, what in (('v1', 'b'), ('v3', 'other device'),
-                        ('d2', 'host root'), ('v4', 'fd of b'),
+                        ('d2', 'state dir fd'), ('v4', 'fd of b'),
                         ('v5', 'fd not open'), ('v6', 'fd 1')):
             off, (dev, ino, mnt_id, nlookup, ftype, fd) = \
                 rec_of(d2 if n == 'd2' else name(n))
@@ -229,8 +247,9 @@ class RestartLostFdsTest(unittest.TestCase):
                 dev, ino = bst.st_dev, bst.st_ino
             elif what == 'other device':
                 dev, ino = other.st_dev, other.st_ino
-            elif what == 'host root':
-                dev, ino = root.st_dev, root.st_ino
+            elif what == 'state dir fd':
+                dev, ino = state_st.st_dev, state_st.st_ino
+                fd, mnt_id = state_fd
                 ftype = stat.S_IFDIR
             elif what == 'fd of b':
                 self.assertNotEqual(fd, b_fd)
