@@ -30,6 +30,7 @@ import time
 import unittest
 
 import vmharness
+from vmharness import proc_state
 
 POINTS = ('before', 'syscall', 'record', 'reply')
 # Creates make the object under a temporary name first ("tmp": made, not
@@ -118,14 +119,6 @@ CASES = [
 RESTORED = re.compile(r'^state: restored session from ', re.M)
 
 
-
-def proc_state(pid):
-    """The state letter of pid in /proc (R, S, T, Z...), None if gone."""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[0]
-    except OSError:
-        return None
 
 
 def make(root, spec):

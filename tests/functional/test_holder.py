@@ -48,7 +48,7 @@ import time
 import unittest
 
 import vmharness
-from vmharness import children, wait_until
+from vmharness import children, wait_until, pid_alive, host_can_lock
 
 # As tests/functional/test_restart_idle.py: QEMU reconnects every 100 ms
 RECONNECT = ',reconnect-ms=100'
@@ -91,14 +91,6 @@ RECORD_FD = {
     'plocks': 16,   # fuse ino, owner, fd
 }
 
-
-def pid_alive(pid):
-    """True if pid exists and is not a zombie."""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
 
 
 class MntnsRef:
@@ -164,20 +156,6 @@ def host_can_flock(path):
     finally:
         os.close(fd)
 
-
-def host_can_lock(path):
-    """Can another process take a POSIX write lock on the file now?"""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return True
-    except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    finally:
-        os.close(fd)
 
 
 class WorkerWatch:

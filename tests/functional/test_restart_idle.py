@@ -38,7 +38,7 @@ import time
 import unittest
 
 import vmharness
-from vmharness import children, process_tree, wait_until
+from vmharness import children, process_tree, wait_until, pid_alive
 
 RECONNECT = ',reconnect-ms=100'
 # cache=none: every read, write and readdir of the guest reaches the daemon,
@@ -73,14 +73,6 @@ KILLED_ANY = (r'^holder: worker %s ended \(signal 9\) (after \d+ ms: '
               r'restarting in \d+ ms)$')
 HOLDER = 'holder: '
 
-
-def pid_alive(pid):
-    """True if pid exists and is not a zombie."""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
 
 
 def send_signal(pids, sig):

@@ -12,25 +12,12 @@ import signal
 import unittest
 
 import vmharness
+from vmharness import host_can_lock
 
 RESTORED = re.compile(r'^state: restored session from \S+: \d+ inodes, '
                       r'(\d+) files, \d+ dirs, (\d+) POSIX lock fds '
                       r'\((\d+) stale\) in \d+ us$', re.M)
 
-
-def host_can_lock(path):
-    """Can another process write-lock the file now?"""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return True
-    except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    finally:
-        os.close(fd)
 
 
 class RestartLocksTest(unittest.TestCase):

@@ -32,6 +32,7 @@ import struct
 import unittest
 
 import vmharness
+from vmharness import proc_state
 
 RESTORED = re.compile(
     r'^state: restored session from \S+: (\d+) inodes, (\d+) files, '
@@ -48,13 +49,6 @@ REC_STATE = struct.Struct('<II')
 INODE_REC = struct.Struct('<QQQQIi')     # dev ino mnt_id nlookup type fd
 PAGE = 4096
 
-
-def proc_state(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[0]
-    except OSError:
-        return None
 
 
 def read_inode_records(path):

@@ -55,7 +55,7 @@ import time
 import unittest
 
 import vmharness
-from vmharness import process_tree, wait_until
+from vmharness import process_tree, wait_until, proc_state
 
 RECONNECT = ',reconnect-ms=100'
 CLEAN = re.compile(r'^state: no saved session in (\S+), starting clean$',
@@ -172,14 +172,6 @@ def collapse(items):
             out.append([i, 1])
     return ', '.join(i if n == 1 else '%s x %d' % (i, n) for i, n in out)
 
-
-def proc_state(pid):
-    """pid's state letter (R, S, T, Z ...), None if it is gone."""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[0]
-    except OSError:
-        return None
 
 
 def alive(pid):

@@ -6,6 +6,8 @@ whether the test passed or not; every wait has a deadline and raises
 TimeoutError naming what it waited for.
 """
 
+import errno
+import fcntl
 import os
 import re
 import shutil
@@ -68,6 +70,36 @@ def process_tree(pid):
         tree += [c for c in children(tree[i]) if c not in tree]
         i += 1
     return tree
+
+
+def proc_state(pid):
+    """pid's state letter in /proc (R, S, T, Z ...), None if it is gone."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def pid_alive(pid):
+    """True if pid exists and is not a zombie."""
+    state = proc_state(pid)
+    return state is not None and state != 'Z'
+
+
+def host_can_lock(path):
+    """Can another process take a POSIX write lock on the file now?"""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    finally:
+        os.close(fd)
 
 
 def mix64(z):
