@@ -108,6 +108,19 @@ CASES = [
       'close {k}']),
     ('WRITE', POINTS, [('file', 'a', 100)],
      ['openf {d}/a {k} rdwr', 'write {k} 50 4096 3', 'close {k}']),
+    # A truncation cannot be run again: someone may have written since.
+    # "!>kind name": someone else on the host right after the command
+    # before it: in the clean run once it returned, in the crash run
+    # while the daemon is dead (so only points where the command had
+    # taken effect).  The host's 50 bytes must survive the replay.
+    ('SETATTR', ('syscall',), [('file', 'a', 100)],
+     ['truncate {d}/a 10', '!>append a 50']),
+    ('OPEN', ('syscall',), [('file', 'a', 100)],
+     ['stat {d}/a', 'openf {d}/a {k} wronly,trunc', '!>append a 50',
+      'close {k}']),
+    ('CREATE', ('syscall',), [],
+     ['openf {d}/c {k} wronly,creat,trunc', '!>append c 50',
+      'close {k}']),
     # Someone on the host appends while the daemon is dead, after the
     # guest's append reached it: the file grew, but not by our write,
     # which must still land (after the host's bytes)
@@ -339,37 +352,91 @@ class CrashPointsTest(unittest.TestCase):
                          ['k'])
         self.assertTrue(hold.cmd('statdir %s' % d, timeout=60).ok)
 
+    def test_tmp_not_adopted(self):
+        """A create's temporary name holds, at its replay, something else
+        than what it made (someone replaced it while the daemon was dead):
+        the replay must not give it the guest's name.  The request is
+        answered EIO (one line), what is there is left alone, and the
+        share goes on."""
+        h, sup, hold = self.h, self.sup, self.hold
+        d = 'tmp-planted'
+        root = os.path.join(h.shared, d)
+        os.mkdir(root)
+        self.assertTrue(hold.cmd('stat %s' % d, timeout=60).ok)
+        since = len(sup.output())
+        planted = []
+
+        def replace():
+            tmps = [n for n in os.listdir(root)
+                    if n.startswith('.virtiofsd-tmp-')]
+            self.assertEqual(len(tmps), 1, os.listdir(root))
+            os.rmdir(os.path.join(root, tmps[0]))
+            with open(os.path.join(root, tmps[0]), 'w') as f:
+                f.write('not a directory')
+            planted.append(tmps[0])
+
+        with open(os.path.join(self.state, 'crash-at'), 'w') as f:
+            f.write('MKDIR:tmp\n')
+        seq = self.send_while_dead('mkdir %s/x' % d, replace)
+        line = hold.wait(seq, timeout=60)
+        out = sup.output()[since:]
+        self.assertEqual(line.result, 'err=EIO', '%s\n%s'
+                         % (line, out[-3000:]))
+        self.assertEqual(sorted(os.listdir(root)), planted)
+        self.assertEqual(len(re.findall(r'^replay of MKDIR unique \d+: '
+                                        r'\.virtiofsd-tmp-\S+ is not what '
+                                        r'it made: answering EIO$', out,
+                                        re.M)), 1, out[-3000:])
+        r = hold.cmd('mkdir %s/y' % d, timeout=60)
+        self.assertTrue(r.ok, '%s\n%s' % (r, h.log_tail(40)))
+        self.assertTrue(os.path.isdir(os.path.join(root, 'y')))
+
+    def send_while_dead(self, command, meanwhile, resume=True):
+        """Send command to the guest with the holder stopped, and once the
+        crash point armed for it fired and the worker died, run
+        meanwhile() (someone else, while the daemon is dead); then let
+        the holder start the next worker (unless resume is false: the
+        caller sends SIGCONT).  Returns the command's sequence number."""
+        h, sup, hold = self.h, self.sup, self.hold
+        died = sup.output().count('crash point ')
+        worker = h.supervised_child_pid()
+        os.kill(sup.pid, signal.SIGSTOP)
+        try:
+            vmharness.wait_until(lambda: proc_state(sup.pid) == 'T',
+                                 'the holder stopped', 10, 0.005)
+            seq = hold.send(command)
+            vmharness.wait_until(
+                lambda: (sup.output().count('crash point ') > died and
+                         proc_state(worker) in (None, 'Z')),
+                'the worker dying at its crash point', 15, 0.005)
+            meanwhile()
+        except BaseException:
+            os.kill(sup.pid, signal.SIGCONT)
+            raise
+        if resume:
+            os.kill(sup.pid, signal.SIGCONT)
+        return seq
+
     def run_guest(self, h, sup, hold, d, key, cmds, crash):
         out = []
         later = None
-        for c in cmds:
+        for i, c in enumerate(cmds):
+            after = cmds[i + 1] if i + 1 < len(cmds) else ''
+            if after.startswith('!>') and crash:
+                later = after[2:].split()
+            if c.startswith('!>') and crash:
+                continue
             if c.startswith('!!') and crash:
                 later = c[2:].split()
                 continue
             if c.startswith('!'):
-                make(os.path.join(h.shared, d), c.lstrip('!').split())
+                make(os.path.join(h.shared, d), c.lstrip('!>').split())
                 continue
-            died = sup.output().count('crash point ')
             if later:
-                # Someone else, while the daemon is dead: after the crash
-                # point fired and the worker died, before the holder,
-                # stopped meanwhile, starts the next one
-                worker = h.supervised_child_pid()
-                os.kill(sup.pid, signal.SIGSTOP)
-                try:
-                    vmharness.wait_until(
-                        lambda: proc_state(sup.pid) == 'T',
-                        'the holder stopped', 10, 0.005)
-                    seq = hold.send(c.format(d=d, k=key))
-                    deadline = time.monotonic() + 15
-                    while (sup.output().count('crash point ') == died or
-                           proc_state(worker) not in (None, 'Z')):
-                        if time.monotonic() > deadline:
-                            break
-                        time.sleep(0.005)
-                    make(os.path.join(h.shared, d), later)
-                finally:
-                    os.kill(sup.pid, signal.SIGCONT)
+                spec = later
+                seq = self.send_while_dead(
+                    c.format(d=d, k=key),
+                    lambda: make(os.path.join(h.shared, d), spec))
                 later = None
             else:
                 seq = hold.send(c.format(d=d, k=key))
@@ -427,6 +494,56 @@ class CrashPointsTest(unittest.TestCase):
         if sc != sx:
             return 'host tree %s, a clean run %s' % (sx, sc)
         return None
+
+
+class TmpLeftoverTest(unittest.TestCase):
+    """A create killed with its object under the temporary name, whose
+    guest never comes back (QEMU killed, a new one started: the request
+    is never replayed): the new session must not find the leftover
+    (removed when the old session ends, one line), and the name can be
+    made."""
+
+    def test_leftover_removed(self):
+        with vmharness.Harness('tmp-leftover') as h:
+            state = os.path.join(h.dir, 'state')
+            os.mkdir(state, 0o700)
+            env = dict(os.environ, VIRTIOFSD_CRASH_POINTS='1')
+            sup = h.start_supervised_virtiofsd(state, env=env)
+            hold = h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
+            root = os.path.join(h.shared, 'd')
+            os.mkdir(root)
+            self.assertTrue(hold.cmd('stat d', timeout=60).ok)
+            died = sup.output().count('crash point ')
+            worker = h.supervised_child_pid()
+            with open(os.path.join(state, 'crash-at'), 'w') as f:
+                f.write('MKDIR:tmp\n')
+            os.kill(sup.pid, signal.SIGSTOP)
+            try:
+                vmharness.wait_until(lambda: proc_state(sup.pid) == 'T',
+                                     'the holder stopped', 10, 0.005)
+                hold.send('mkdir d/x')
+                vmharness.wait_until(
+                    lambda: (sup.output().count('crash point ') > died and
+                             proc_state(worker) in (None, 'Z')),
+                    'the worker dying at MKDIR:tmp', 30, 0.005)
+                left = [n for n in os.listdir(root)
+                        if n.startswith('.virtiofsd-tmp-')]
+                self.assertEqual(len(left), 1, os.listdir(root))
+                hold.close()
+                h.qemu.kill()
+            finally:
+                os.kill(sup.pid, signal.SIGCONT)
+            since = len(sup.output())
+            hold = h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
+            self.assertTrue(hold.cmd('stat d', timeout=60).ok)
+            self.assertEqual(os.listdir(root), [])
+            out = sup.output()[since:]
+            self.assertEqual(out.count('state: removed 1 temporary name(s) '
+                                       "the session's unfinished creates "
+                                       'left'), 1, out[-3000:])
+            r = hold.cmd('mkdir d/x', timeout=60)
+            self.assertTrue(r.ok, '%s\n%s' % (r, h.log_tail(40)))
+            self.assertEqual(os.listdir(root), ['x'])
 
 
 if __name__ == '__main__':

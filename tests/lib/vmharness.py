@@ -292,6 +292,8 @@ class Harness:
 
     def start_qemu(self, append, **kw):
         argv = self.qemu_argv(append, **kw)
+        # A new QEMU writes its console log from the start
+        self._console_pos = 0
         p = Proc('qemu', argv, os.path.join(self.dir, 'qemu.log'))
         self.procs.append(p)
         self.qemu = p
