@@ -6,7 +6,8 @@ The guest builds up state on the share (open files, an unlinked-but-open
 file, a directory half read, a cwd, a flock, an xattr), the host SIGKILLs
 the daemon of virtiofsd -o reconnect, and the guest carries on against
 the restarted daemon.  Also: damaged, foreign, badly protected and
-shared (inside the source) state directories are refused, recovery off
+shared (inside the source) state directories are refused, and so is a
+session started with other options than the daemon's, recovery off
 behaves as QEMU 7.2 did, and the holder's fd table holds no more fds
 after 50 restarts than after one.
 
@@ -485,6 +486,66 @@ class RestartIdleTest(unittest.TestCase):
             print('functional       refusals: "%s" / "%s" / "%s" / "%s" / '
                   '"%s"; test %.1f s'
                   % (line, line_b, line_c, line_e, line_f,
+                     time.monotonic() - t0), flush=True)
+
+    def test_other_options_refused(self):
+        """A virtiofsd started with other options than the session was (a
+        new service instance with another configuration, on the state
+        the killed one left) refuses the state in one line naming the
+        option, and the holder ends with status 1: no restart loop, the
+        session stays for a daemon with the right options, which carries
+        it on."""
+        t0 = time.monotonic()
+        with self.guest('restart-options') as h:
+            sup, hold = self.supervise(h)
+            self.run_ok(hold, ['open f1 a', 'write a 0 16k 7',
+                               'setxattr f1 user.t kept'])
+            # The old holder, its worker and anything below them die at
+            # once; QEMU keeps trying to reconnect
+            crash_tree(sup.pid)
+            sup.wait(10)
+            session = os.path.join(sup.state_dir, 'session')
+            self.assertTrue(os.path.exists(session))
+            with open(session, 'rb') as f:
+                saved = f.read()
+
+            same = list(DAEMON_OPTS)
+            cases = [
+                ([o for o in same if o != 'xattr'], 'xattr=on', 'xattr=off'),
+                (['cache=auto'] + same[1:], 'cache=none', 'cache=auto'),
+                (same + ['writeback'], 'writeback=off', 'writeback=on'),
+                (same + ['posix_acl'], 'posix_acl=off', 'posix_acl=on'),
+                (same + ['announce_submounts'], 'announce_submounts=off',
+                 'announce_submounts=on'),
+            ]
+            lines = []
+            for n, (opts, was, now) in enumerate(cases):
+                other = Supervised(h, sup.state_dir, name='holder-opts%d' % n,
+                                   options=opts)
+                other.wait_socket()
+                # QEMU reconnects by itself (reconnect-ms)
+                line = self.expect_refusal(other)
+                self.assertEqual(line, '%srefusing %s: the session was '
+                                 'started with %s, this daemon has %s'
+                                 % (STATE, sup.state_dir, was, now))
+                lines.append(line)
+                # Refused, not touched: a daemon with the session's
+                # options can still carry it on
+                with open(session, 'rb') as f:
+                    self.assertEqual(f.read(), saved)
+
+            # The session's options again (a new holder: no fd of the
+            # old table is left, every record goes stale), and an option
+            # that does not change what a reply means: it carries on
+            again = Supervised(h, sup.state_dir, name='holder-same',
+                               options=same + ['timeout=5'])
+            m = again.wait_line(RESTORED)
+            self.assertEqual(again.matches(REFUSING), [])
+            time.sleep(0.5)
+            self.assertTrue(again.alive())
+            print('functional       other options: "%s" ... (%d refusals); '
+                  'then "%s"; test %.1f s'
+                  % (lines[0], len(lines), m.group(0),
                      time.monotonic() - t0), flush=True)
 
     def test_recovery_off_is_7_2(self):

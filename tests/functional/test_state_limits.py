@@ -26,7 +26,11 @@ never turns into a dead share:
   workers: one line per failed start, exit 75, backing off, and the first
   start once it is back restores the session;
 - RLIMIT_NOFILE reached: EMFILE for the requests that need an fd, a
-  restart restores everything recorded.
+  restart restores everything recorded;
+- a FUSE_INIT whose session cannot be saved (full) where an earlier
+  session's file is: one line, the old file removed, and a restart
+  starts clean (one line) instead of carrying the old session on; the
+  guest gets EIO, not a hang.
 
 Every test checks that no worker died of SIGBUS (a holder line with
 "signal 7" or "exit status 135"), that every worker's end is accounted
@@ -63,6 +67,10 @@ CLEAN = re.compile(r'^state: no saved session in (\S+), starting clean$',
 RESTORED = re.compile(r'^state: restored session from (\S+): (\d+) inodes, '
                       r'(\d+) files, (\d+) dirs, (\d+) POSIX lock fds '
                       r'\((\d+) stale\) in (\d+) us$', re.M)
+# The one line of a worker that could not save the session at FUSE_INIT
+SAVE_FAILED = re.compile(r'^state: cannot save the session in (\S+): (.+): '
+                         r'a restart would start clean \(the guest would '
+                         r'have to mount the share again\)$', re.M)
 # The one line of a worker that could not use its state directory: a
 # refusal, or (lo_state_open()) a directory it cannot open
 FAILED_START = re.compile(r'^state: (?:refusing|cannot open) (\S+): (.+)$',
@@ -646,6 +654,96 @@ class StateLimitsTest(unittest.TestCase):
                 raise
         print('functional       state-clean-full: "%s"; then "%s"; test %.1f s'
               % (m.group(0), c.group(0), time.monotonic() - t0), flush=True)
+
+    def test_session_save_fails(self):
+        """FUSE_INIT cannot save the session (a full state directory) where
+        an earlier session's file is: one line, the old file is gone, and
+        a SIGKILL later the restarted worker starts clean (one line), not
+        carrying on the old session against the guest's; the guest gets
+        EIO, not a hang, and the holder does not loop.
+
+        A guest that mounts the share again while the daemon serves a
+        session: the guest of a first holder mounts (its session saved),
+        that holder and its worker are SIGKILLed (the session file
+        stays), QEMU too; the state fills up; a second holder's worker
+        carries the session on, and a new guest's FUSE_INIT starts a
+        new one, which cannot be saved."""
+        t0 = time.monotonic()
+        self.killed = set()
+        with tmpfs('640k') as mnt, \
+                vmharness.Harness('state-session-save') as h:
+            try:
+                state = os.path.join(mnt, 'state')
+                session = os.path.join(state, 'session')
+                os.mkdir(state, 0o700)
+                # cache=none: the guest's stat and read reach the daemon
+                opts = ('cache=none',)
+                h.start_supervised_virtiofsd(state, options=opts)
+                hold = h.start_qemu_hold(chardev_opts=RECONNECT)
+                self.run_ok(h, hold, ['mkdir d1', 'open d1/f a',
+                                      'write a 0 4k 3'])
+                self.assertTrue(os.path.exists(session))
+                # The daemon first (QEMU's end would end the session)
+                first = h.supervisor
+                tree = process_tree(first.pid)
+                for p in tree:
+                    os.kill(p, signal.SIGSTOP)
+                for p in reversed(tree):
+                    os.kill(p, signal.SIGKILL)
+                first.wait(10)
+                wait_until(lambda: not any(map(alive, tree)),
+                           'the first holder\'s processes gone', 10)
+                hold.close()
+                h.hold = None
+                h.qemu.kill()
+                self.assertTrue(os.path.exists(session))
+                fill(mnt)
+
+                since = len(first.output())
+                h.start_supervised_virtiofsd(state, options=opts)
+                hold = h.start_qemu_hold(chardev_opts=RECONNECT)
+                self.run_ok(h, hold, ['stat d1', 'mkdir d2', 'open d2/g b',
+                                      'write b 0 4k 4'])
+                saving = h.supervisor.output()[since:]
+                old_file = os.path.exists(session)
+
+                pid, since, _ = self.kill_worker(h)
+                m = self.wait_line(h, re.compile('|'.join(
+                    r.pattern for r in (CLEAN, RESTORED, FAILED_START)),
+                    re.M), since, 'the restarted worker\'s state line')
+                self.assertRegex(m.group(0), CLEAN,
+                                 'the restart carried on the old session')
+                self.assertEqual(m.group(0), 'state: no saved session in '
+                                 '%s, starting clean' % state)
+                # The guest's session is gone: EIO, not a hang
+                for c in ('stat d1', 'check b 0 4k 4'):
+                    try:
+                        line = hold.cmd(c, 60)
+                    except TimeoutError:
+                        self.hung(h, 'at %r after the restart' % c)
+                    self.assertEqual(line.result, 'err=EIO', line)
+                # One line when the save failed, and no old session left
+                failed = SAVE_FAILED.findall(saving)
+                self.assertEqual(len(failed), 1, saving)
+                self.assertEqual(failed[0][0], state, saving)
+                self.assertFalse(old_file, 'the old session file stayed')
+                time.sleep(0.5)
+                log = h.supervisor.output()[since:]
+                self.assertEqual([l for l in log.splitlines()
+                                  if l.startswith('state: ')],
+                                 [m.group(0)], log)
+                # (the first holder's worker started too)
+                self.assert_no_sigbus_no_loop(h, 2)
+                self.assertEqual(len(Workers(h.supervisor.output()).order),
+                                 1)
+                save_line = SAVE_FAILED.search(saving).group(0)
+            except BaseException:
+                sys.stderr.write('\n--- logs of %s (%s)\n%s\n'
+                                 % (self.id(), h.dir, h.log_tail(60)))
+                raise
+        print('functional       session-save-fails: "%s"; then "%s"; test '
+              '%.1f s' % (save_line, m.group(0), time.monotonic() - t0),
+              flush=True)
 
     def test_fd_limit(self):
         """RLIMIT_NOFILE reached: EMFILE for the requests that need a new

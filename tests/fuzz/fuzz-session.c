@@ -30,6 +30,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     LoSession s = {
         .root_dev = 0x801, .root_ino = 2, .bufsize = (1 << 20) + 4096,
         .flags = LO_SESSION_KILLPRIV_V2,
+        .options = LO_SESSION_OPT_XATTR | LO_SESSION_OPT_FLOCK,
+        .cache = LO_SESSION_CACHE_AUTO,
         .conn = {
             .proto_major = 7, .proto_minor = 36, .max_write = 1 << 20,
             .max_readahead = 1 << 17, .capable = 0xffff, .want = 0x1234,
