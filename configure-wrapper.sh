@@ -2,7 +2,8 @@
 # Configure ./qemu/build with the smallest configuration that builds and
 # tests everything this series touches: x86_64-softmmu (TCG and KVM),
 # vhost-user including the vhost-user netdev (QEMU's existing vhost-user
-# qtests are virtio-net based), virtiofsd, seccomp, libcap-ng, tools and
+# qtests are virtio-net based), virtiofsd with the crash points its tests
+# need (--enable-virtiofsd-crash-points), seccomp, libcap-ng, tools and
 # qtests.  Docs off; ROM blobs come from Debian's seabios, qemu-system-data
 # and ipxe-qemu at run time.  ccache comes from the Makefile, which puts
 # its masquerade directory (/usr/lib/ccache) first on PATH.
@@ -32,6 +33,11 @@ case "$qver" in
         --with-git-submodules=ignore
         --meson=/usr/bin/meson
     )
+    # The series' tree has the option; the unpatched base (make bench)
+    # does not
+    if grep -q "^option('virtiofsd_crash_points'" "$src/meson_options.txt"; then
+        opts+=(--enable-virtiofsd-crash-points)
+    fi
     ;;
 *)
     # The upstream tree (qemu-submodule/pin-upstream): only what its
