@@ -124,14 +124,14 @@ class Supervised(vmharness.Proc):
     then its process group."""
 
     def __init__(self, h, state_dir, name='holder',
-                 options=DAEMON_OPTS, source=None, sock=None):
+                 options=DAEMON_OPTS, source=None, sock=None, env=None):
         self.state_dir = state_dir
         self.sock = sock or h.sock
         argv = [vmharness.VIRTIOFSD_BIN, '--socket-path=' + self.sock,
                  '-o', 'source=' + (source or h.shared)]
         for o in list(options) + ['reconnect', 'state_dir=' + state_dir]:
             argv += ['-o', o]
-        env = {k: v for k, v in os.environ.items()
+        env = {k: v for k, v in dict(os.environ, **(env or {})).items()
                if k not in ('NOTIFY_SOCKET', 'LISTEN_FDS', 'LISTEN_PID',
                             'LISTEN_FDNAMES')}
         if os.path.exists(self.sock):
@@ -402,6 +402,46 @@ class RestartIdleTest(unittest.TestCase):
                          'a worker restarted after the refusal\n' + text)
         self.assertEqual(rc, 1, text)
         return refusals[0].group(0)
+
+    def test_no_noreplace(self):
+        """Where the shared directory's file system has no
+        RENAME_NOREPLACE (a crash-point build simulates one while the
+        state directory holds a file "no-noreplace"), no create may
+        replace a name someone else made: a file gets its name with
+        link() (fails if the name exists), a directory cannot and mkdir
+        fails (EOPNOTSUPP, one line), nothing left on the host; and a
+        daemon that starts on such a source refuses it in one line, the
+        holder ends."""
+        t0 = time.monotonic()
+        with self.guest('restart-noreplace') as h:
+            sup, hold = self.supervise(
+                h, env={'VIRTIOFSD_CRASH_POINTS': '1'})
+            knob = os.path.join(sup.state_dir, 'no-noreplace')
+            open(knob, 'w').close()
+            self.run_ok(hold, ['openf c k rdwr,creat,excl',
+                               'write k 0 4k 3', 'close k'])
+            r = hold.cmd('mkdir d1', timeout=60)
+            self.assertEqual(r.result, 'err=EOPNOTSUPP', str(r))
+            r = hold.cmd('openf c k2 rdwr,creat,excl', timeout=60)
+            self.assertEqual(r.result, 'err=EEXIST', str(r))
+            self.assertEqual(sorted(os.listdir(h.shared)), ['c'])
+            self.assertEqual(os.path.getsize(os.path.join(h.shared, 'c')),
+                             4096)
+            self.assertEqual(len(sup.matches(
+                '^cannot make directories exactly once where the file '
+                'system has no RENAME_NOREPLACE: answering EOPNOTSUPP$')),
+                1, '\n'.join(sup.lines()))
+
+            _, since = self.crash(sup)
+            line = self.expect_refusal(sup, since)
+            self.assertTrue(line.endswith(
+                "the shared directory's file system has no "
+                'RENAME_NOREPLACE: creates cannot be replayed exactly '
+                'once'), line)
+            self.assertEqual(sorted(os.listdir(h.shared)), ['c'])
+            print('functional       no RENAME_NOREPLACE: mkdir EOPNOTSUPP, '
+                  'O_EXCL create by link(); restart "%s"; test %.1f s'
+                  % (line, time.monotonic() - t0), flush=True)
 
     def test_corrupt_state_refused(self):
         t0 = time.monotonic()
