@@ -108,6 +108,13 @@ CASES = [
       'close {k}']),
     ('WRITE', POINTS, [('file', 'a', 100)],
      ['openf {d}/a {k} rdwr', 'write {k} 50 4096 3', 'close {k}']),
+    # A rename that took effect, its source moved on by someone on the
+    # host while the daemon is down: still done.  And the source moved
+    # away before the rename ran: ENOENT, as a clean run says.
+    ('RENAME', ('syscall',), [('file', 'a', 10), ('file', 'b')],
+     ['rename {d}/a {d}/b', '!>rename b z']),
+    ('RENAME', ('before',), [('file', 'a', 10), ('file', 'b')],
+     ['!!rename a z', 'rename {d}/a {d}/b'], ['err=ENOENT']),
     # A truncation cannot be run again: someone may have written since.
     # "!>kind name": someone else on the host right after the command
     # before it: in the clean run once it returned, in the crash run
@@ -139,6 +146,9 @@ def make(root, spec):
     path = os.path.join(root, name)
     if kind == 'dir':
         os.mkdir(path)
+        return
+    if kind == 'rename':
+        os.rename(path, os.path.join(root, spec[2]))
         return
     if kind == 'append':
         with open(path, 'ab') as f:
