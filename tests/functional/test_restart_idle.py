@@ -455,14 +455,15 @@ class RestartIdleTest(unittest.TestCase):
             foreign = os.path.join(h.dir, 'state-copy')
             shutil.copytree(sup.state_dir, foreign)
             os.chmod(foreign, 0o700)
-            # Another, its intent file in an older layout (72-byte records)
+            # Another, its intent file in another layout (72-byte
+            # records; lo_map.c's header: rec_size at 16, nelems at 24)
             older = os.path.join(h.dir, 'state-older')
             shutil.copytree(sup.state_dir, older)
             os.chmod(older, 0o700)
             with open(os.path.join(older, 'intents'), 'r+b') as f:
                 hdr = bytearray(f.read(64))
-                nslots = struct.unpack_from('<Q', hdr, 16)[0]
-                struct.pack_into('<I', hdr, 12, 72)
+                nslots = struct.unpack_from('<Q', hdr, 24)[0]
+                struct.pack_into('<I', hdr, 16, 72)
                 f.seek(0)
                 f.write(hdr)
                 f.truncate(64 + nslots * 72)
@@ -507,8 +508,8 @@ class RestartIdleTest(unittest.TestCase):
                                sock=os.path.join(h.dir, 'e.sock'))
             sup_e.connect()
             line_e = self.expect_refusal(sup_e)
-            self.assertIn('state file intents has ', line_e)
-            self.assertIn('not written by this version of virtiofsd', line_e)
+            self.assertIn('state file intents has 72-byte records, '
+                          'expected 96', line_e)
 
             # A state dir inside the shared directory (the guest could
             # write the records) is refused, however deep
