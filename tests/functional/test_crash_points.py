@@ -21,11 +21,13 @@ must be equal, and the daemon must have died at the armed point and been
 restored.
 """
 
+import fcntl
 import hashlib
 import os
 import re
 import signal
 import stat
+import struct
 import time
 import unittest
 
@@ -33,6 +35,8 @@ import vmharness
 from vmharness import proc_state
 
 POINTS = ('before', 'syscall', 'record', 'reply')
+# Requests that are idempotent record nothing: no "record" point
+IPOINTS = ('before', 'syscall', 'reply')
 # Creates make the object under a temporary name first ("tmp": made, not
 # yet renamed to its name)
 CPOINTS = ('before', 'tmp', 'syscall', 'record', 'reply')
@@ -112,21 +116,21 @@ CASES = [
     # host while the daemon is down: still done.  And the source moved
     # away before the rename ran: ENOENT, as a clean run says.
     ('RENAME', ('syscall',), [('file', 'a', 10), ('file', 'b')],
-     ['rename {d}/a {d}/b', '!>rename b z']),
+     ['!>rename b z', 'rename {d}/a {d}/b']),
     ('RENAME', ('before',), [('file', 'a', 10), ('file', 'b')],
      ['!!rename a z', 'rename {d}/a {d}/b'], ['err=ENOENT']),
     # A truncation cannot be run again: someone may have written since.
-    # "!>kind name": someone else on the host right after the command
-    # before it: in the clean run once it returned, in the crash run
-    # while the daemon is dead (so only points where the command had
-    # taken effect).  The host's 50 bytes must survive the replay.
+    # "!>kind name": someone else on the host after the next command took
+    # effect: in the clean run once it returned, in the crash run while
+    # the daemon is dead (so only points where the command had taken
+    # effect).  The host's 50 bytes must survive the replay.
     ('SETATTR', ('syscall',), [('file', 'a', 100)],
-     ['truncate {d}/a 10', '!>append a 50']),
+     ['!>append a 50', 'truncate {d}/a 10']),
     ('OPEN', ('syscall',), [('file', 'a', 100)],
-     ['stat {d}/a', 'openf {d}/a {k} wronly,trunc', '!>append a 50',
+     ['stat {d}/a', '!>append a 50', 'openf {d}/a {k} wronly,trunc',
       'close {k}']),
     ('CREATE', ('syscall',), [],
-     ['openf {d}/c {k} wronly,creat,trunc', '!>append c 50',
+     ['!>append c 50', 'openf {d}/c {k} wronly,creat,trunc',
       'close {k}']),
     # Someone on the host appends while the daemon is dead, after the
     # guest's append reached it: the file grew, but not by our write,
@@ -134,11 +138,90 @@ CASES = [
     ('WRITE', ('before',), [('file', 'a', 100)],
      ['openf {d}/a {k} wronly,append', '!!append a 50',
       'write {k} 100 4096 3', 'close {k}']),
+    # FALLOCATE, locks and COPY_FILE_RANGE (issue 13).  "fallocate KEY
+    # MODES OFF LEN": the modes a Linux guest sends (COLLAPSE_RANGE and
+    # INSERT_RANGE it refuses itself, EOPNOTSUPP, before sending) make
+    # their range allocated, a hole or zeros and the size at least OFF +
+    # LEN, whatever was there: a replay changes nothing
+    ('FALLOCATE', POINTS, [('append', 'a', 16384)],
+     ['openrw {d}/a {k}', 'fallocate {k} alloc 12288 8192', 'close {k}']),
+    ('FALLOCATE', POINTS, [('append', 'a', 16384)],
+     ['openrw {d}/a {k}', 'fallocate {k} keep 8192 16384', 'close {k}']),
+    ('FALLOCATE', POINTS, [('append', 'a', 16384)],
+     ['openrw {d}/a {k}', 'fallocate {k} punch,keep 4096 8192',
+      'close {k}']),
+    ('FALLOCATE', POINTS, [('append', 'a', 16384)],
+     ['openrw {d}/a {k}', 'fallocate {k} zero 8192 16384', 'close {k}']),
+    # "?lock NAME OFF LEN": what another process on the host finds there
+    # (free, rd, wr).  A lock is set on the lock owner's own open file
+    # description, kept across the crash: setting it again is a no-op
+    ('SETLK', IPOINTS, [('file', 'a', 100)],
+     ['openrw {d}/a {k}', 'setlk {k} wr 0 50', '?lock a 0 50',
+      '?lock a 50 50', 'close {k}', '?lock a 0 100']),
+    # "!arm": the crash is armed there (a later request of the opcode);
+    # downgrading the middle of a lock splits it, and again is the same
+    ('SETLK', IPOINTS, [('file', 'a', 100)],
+     ['openrw {d}/a {k}', 'setlk {k} wr 0 100', '!arm',
+      'setlk {k} rd 25 50', '?lock a 0 25', '?lock a 25 50',
+      '?lock a 75 25', 'close {k}']),
+    # "hostlock NAME OFF LEN": another owner (this test) holds a write
+    # lock there.  Unlocking again never drops another owner's lock,
+    # and a conflict is answered the same
+    ('SETLK', IPOINTS, [('file', 'a', 100), ('hostlock', 'a', 50, 50)],
+     ['openrw {d}/a {k}', 'setlk {k} wr 0 50', '!arm',
+      'setlk {k} un 0 100', '?lock a 0 50', '?lock a 50 50', 'close {k}']),
+    ('SETLK', IPOINTS, [('file', 'a', 100), ('hostlock', 'a', 0, 50)],
+     ['openrw {d}/a {k}', 'setlk {k} wr 0 100', 'close {k}'],
+     ['ok', 'err=EAGAIN', 'ok']),
+    ('GETLK', IPOINTS, [('file', 'a', 100), ('hostlock', 'a', 0, 50)],
+     ['openrw {d}/a {k}', 'getlk {k} wr 0 100 wr', 'close {k}']),
+    # virtiofsd refuses blocking locks: nothing to do twice
+    ('SETLKW', ('before', 'reply'), [('file', 'a', 100)],
+     ['openrw {d}/a {k}', 'setlkw {k} wr 0 100', 'close {k}'],
+     ['ok', 'err=EOPNOTSUPP', 'ok']),
+    # "copyrange KEY OFF KEY-OUT OFF-OUT LEN": the same bytes to the same
+    # place, to another file and past the end of the same file
+    ('COPY_FILE_RANGE', POINTS, [('append', 'a', 8192), ('file', 'b', 100)],
+     ['openrw {d}/a {k}', 'openrw {d}/b {k}o',
+      'copyrange {k} 1000 {k}o 50 5000', 'close {k}o', 'close {k}']),
+    ('COPY_FILE_RANGE', POINTS, [('append', 'a', 8192)],
+     ['openrw {d}/a {k}', 'write {k} 0 4096 7',
+      'copyrange {k} 0 {k} 8192 4096', 'close {k}']),
+    # "!>": someone on the host, after the request took effect (in the
+    # clean run right after it): the source shrinks.  A replay copying
+    # again would answer 0 with the first run's bytes in the destination;
+    # it answers the recorded count.  (A crash between the copy and its
+    # record, at "syscall", copies again: nothing tells what was copied.)
+    ('COPY_FILE_RANGE', ('record', 'reply'),
+     [('append', 'a', 8192), ('file', 'b')],
+     ['openrw {d}/a {k}', 'openrw {d}/b {k}o', '!>truncate a 0',
+      'copyrange {k} 0 {k}o 0 8192', 'close {k}o', 'close {k}']),
 ]
 
 RESTORED = re.compile(r'^state: restored session from ', re.M)
 
 
+
+
+# Locks "hostlock" holds until the case ends: (fd)
+HELD = []
+
+
+def ofd_lock(fd, cmd, ltype, start, length):
+    """fcntl(2) with an OFD lock command; returns the struct's l_type."""
+    fl = struct.pack('hh4xqqi4x', ltype, os.SEEK_SET, start, length, 0)
+    return struct.unpack('hh4xqqi4x', fcntl.fcntl(fd, cmd, fl))[0]
+
+
+def probe_lock(path, start, length):
+    """What another owner finds at the range: free, rd or wr."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        t = ofd_lock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK, start, length)
+    finally:
+        os.close(fd)
+    return {fcntl.F_UNLCK: 'free', fcntl.F_RDLCK: 'rd',
+            fcntl.F_WRLCK: 'wr'}[t]
 
 
 def make(root, spec):
@@ -149,6 +232,15 @@ def make(root, spec):
         return
     if kind == 'rename':
         os.rename(path, os.path.join(root, spec[2]))
+        return
+    if kind == 'hostlock':
+        fd = os.open(path, os.O_RDWR)
+        HELD.append(fd)
+        ofd_lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, int(spec[2]),
+                 int(spec[3]))
+        return
+    if kind == 'truncate':
+        os.truncate(path, int(spec[2]))
         return
     if kind == 'append':
         with open(path, 'ab') as f:
@@ -186,6 +278,13 @@ def snapshot(root):
     return out
 
 
+def write_spec(arm):
+    """Arm the crash: arm is (line, path of "crash-at")."""
+    fd = os.open(arm[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, arm[0].encode())
+    os.close(fd)
+
+
 POISON = re.compile(r'^request (\S+) unique (\d+) killed the daemon (\d+) '
                     r'times: answering EIO, not running it again$', re.M)
 
@@ -203,7 +302,8 @@ class CrashPointsTest(unittest.TestCase):
             os.mkdir(cls.state, 0o700)
             env = dict(os.environ, VIRTIOFSD_CRASH_POINTS='1')
             cls.sup = cls.h.start_supervised_virtiofsd(
-                cls.state, options=('cache=auto', 'xattr'), env=env)
+                cls.state, options=('cache=auto', 'xattr', 'posix_lock'),
+                env=env)
             cls.hold = cls.h.start_qemu_hold(chardev_opts=',reconnect-ms=10')
         except BaseException:
             cls.h.close()
@@ -427,17 +527,25 @@ class CrashPointsTest(unittest.TestCase):
             os.kill(sup.pid, signal.SIGCONT)
         return seq
 
-    def run_guest(self, h, sup, hold, d, key, cmds, crash):
+    def run_guest(self, h, sup, hold, d, key, cmds, crash, arm=None):
         out = []
-        later = None
-        for i, c in enumerate(cmds):
-            after = cmds[i + 1] if i + 1 < len(cmds) else ''
-            if after.startswith('!>') and crash:
-                later = after[2:].split()
-            if c.startswith('!>') and crash:
+        later = after = None
+        for c in cmds:
+            if c == '!arm':
+                if crash:
+                    write_spec(arm)
                 continue
-            if c.startswith('!!') and crash:
+            if c.startswith('?lock '):
+                name, start, length = c.split()[1:]
+                out.append(('?lock', probe_lock(os.path.join(h.shared, d,
+                                                             name),
+                                                int(start), int(length))))
+                continue
+            if c.startswith(('!!', '!>')) and crash:
                 later = c[2:].split()
+                continue
+            if c.startswith('!>'):
+                after = c[2:].split()
                 continue
             if c.startswith('!'):
                 make(os.path.join(h.shared, d), c.lstrip('!>').split())
@@ -452,6 +560,9 @@ class CrashPointsTest(unittest.TestCase):
                 seq = hold.send(c.format(d=d, k=key))
             line = hold.wait(seq, timeout=60)
             out.append((line.op, line.result))
+            if after:
+                make(os.path.join(h.shared, d), after)
+                after = None
         return out
 
     def run_case(self, h, sup, hold, state, n, opcode, point, setup, cmds,
@@ -464,19 +575,28 @@ class CrashPointsTest(unittest.TestCase):
                 make(os.path.join(h.shared, d), spec)
             dirs[kind] = d
 
+        try:
+            return self.run_case_dirs(h, sup, hold, state, n, opcode, point,
+                                      cmds, expect, dirs)
+        finally:
+            while HELD:
+                os.close(HELD.pop())
+
+    def run_case_dirs(self, h, sup, hold, state, n, opcode, point, cmds,
+                      expect, dirs):
         clean = self.run_guest(h, sup, hold, dirs['clean'], 'k%dc' % n, cmds,
                                False)
         since = len(sup.output())
         died = sup.output().count('crash point ')
         restored = len(RESTORED.findall(sup.output()))
         spec = os.path.join(state, 'crash-at')
-        fd = os.open(spec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         # The guest kernel sends one forget alone, more in a batch
         alt = ',FORGET:%s' % point if opcode == 'BATCH_FORGET' else ''
-        os.write(fd, ('%s:%s%s\n' % (opcode, point, alt)).encode())
-        os.close(fd)
+        arm = ('%s:%s%s\n' % (opcode, point, alt), spec)
+        if '!arm' not in cmds:
+            write_spec(arm)
         crash = self.run_guest(h, sup, hold, dirs['crash'], 'k%dx' % n, cmds,
-                               True)
+                               True, arm)
 
         deadline = time.monotonic() + 15
         while (sup.output().count('crash point ') == died or
@@ -497,7 +617,8 @@ class CrashPointsTest(unittest.TestCase):
             return 'guest after restart: %s' % probe
         if crash != clean:
             return 'guest saw %s, a clean run %s' % (crash, clean)
-        if [r for _, r in clean] != (expect or ['ok'] * len(clean)):
+        results = [r for op, r in clean if op != '?lock']
+        if results != (expect or ['ok'] * len(results)):
             return 'the clean run gave %s, expected %s' % (clean, expect)
         sc = snapshot(os.path.join(h.shared, dirs['clean']))
         sx = snapshot(os.path.join(h.shared, dirs['crash']))

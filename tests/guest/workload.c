@@ -912,6 +912,39 @@ static bool parse_u64(const char *s, uint64_t *out, bool suffix)
     return *end == '\0';
 }
 
+/* A name for a flag value, in tables ending with { NULL, 0 } */
+typedef struct NamedFlag {
+    const char *name;
+    int flag;
+} NamedFlag;
+
+static bool lookup_flag(const char *name, const NamedFlag *table, int *out)
+{
+    for (; table->name && strcmp(table->name, name); table++) {
+        /* look the name up */
+    }
+    *out = table->flag;
+    return table->name != NULL;
+}
+
+/* A comma list of names from @table: their flags or-ed */
+static bool parse_flags(const char *arg, const NamedFlag *table, int *out)
+{
+    char list[300], *tok, *save;
+    int flag;
+
+    *out = 0;
+    snprintf(list, sizeof(list), "%s", arg);
+    for (tok = strtok_r(list, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        if (!lookup_flag(tok, table, &flag)) {
+            return false;
+        }
+        *out |= flag;
+    }
+    return true;
+}
+
 /*
  * Execute one hold command, split into @av[0..@ac-1]:
  *   open <name> <key>                  open(O_RDWR|O_CREAT), keep the fd
@@ -938,6 +971,17 @@ static bool parse_u64(const char *s, uint64_t *out, bool suffix)
  *   dropcaches                         drop the guest's dentries/inodes
  *   lock|unlock <key>                  fcntl(F_SETLK) write lock / unlock
  *                                      of the whole file
+ *   setlk|setlkw <key> <type> <off> <len>  fcntl(F_SETLK/F_SETLKW), type
+ *                                      rd, wr or un (len 0: to the end)
+ *   getlk <key> <type> <off> <len> <expected-type>  fcntl(F_GETLK): the
+ *                                      type found (un: none) is compared,
+ *                                      logs type= start= len=
+ *   fallocate <key> <mode> <off> <len> fallocate(2), mode a comma list of
+ *                                      alloc (0) keep punch zero collapse
+ *                                      insert; logs size= after
+ *   copyrange <key> <off> <key-out> <off-out> <len>  copy_file_range(2);
+ *                                      fewer bytes than len: err=MISMATCH,
+ *                                      logs copied=
  *   setxattr <name> <attr> <value>
  *   getxattr <name> <attr> <expected-value>
  *   sleep <ms>
@@ -965,6 +1009,8 @@ static bool hold_cmd(Worker *w, int ac, char **av)
         { "setxattrc", 3, false },
         { "removexattr", 2, false }, { "dropcaches", 0, false },
         { "lock", 1, true }, { "unlock", 1, true },
+        { "setlk", 4, true }, { "setlkw", 4, true }, { "getlk", 5, true },
+        { "fallocate", 4, true }, { "copyrange", 5, true },
         { "sleep", 1, false }, { "quit", 0, false },
     };
     const char *cmd = av[0];
@@ -1077,29 +1123,16 @@ static bool hold_cmd(Worker *w, int ac, char **av)
             wl_log(w, cmd, path, res, "key=%s", av[2]);
         }
     } else if (!strcmp(cmd, "openf")) {
-        static const struct {
-            const char *name;
-            int flag;
-        } oflags[] = {
+        static const NamedFlag oflags[] = {
             { "rdonly", O_RDONLY }, { "wronly", O_WRONLY }, { "rdwr", O_RDWR },
             { "creat", O_CREAT }, { "excl", O_EXCL }, { "trunc", O_TRUNC },
-            { "append", O_APPEND },
+            { "append", O_APPEND }, { NULL, 0 },
         };
-        char list[300], *tok, *save;
-        int flags = 0;
+        int flags;
 
-        snprintf(list, sizeof(list), "%s", av[3]);
-        for (tok = strtok_r(list, ",", &save); tok;
-             tok = strtok_r(NULL, ",", &save)) {
-            for (i = 0; i < ARRAY_SIZE(oflags) &&
-                 strcmp(oflags[i].name, tok); i++) {
-                /* look the flag up */
-            }
-            if (i == ARRAY_SIZE(oflags)) {
-                wl_log(w, cmd, path, EINVAL, "reason=usage");
-                goto out;
-            }
-            flags |= oflags[i].flag;
+        if (!parse_flags(av[3], oflags, &flags)) {
+            wl_log(w, cmd, path, EINVAL, "reason=usage");
+            goto out;
         }
         slot = hold_slot(w, cmd, path, av[2]);
         if (slot) {
@@ -1124,6 +1157,72 @@ static bool hold_cmd(Worker *w, int ac, char **av)
 
         res = fcntl(fd, F_SETLK, &fl) < 0 ? errno : 0;
         wl_log(w, cmd, slot->path, res, "key=%s", slot->key);
+    } else if (!strcmp(cmd, "setlk") || !strcmp(cmd, "setlkw") ||
+               !strcmp(cmd, "getlk")) {
+        static const NamedFlag types[] = {
+            { "rd", F_RDLCK }, { "wr", F_WRLCK }, { "un", F_UNLCK },
+            { NULL, 0 },
+        };
+        struct flock fl = { .l_whence = SEEK_SET };
+        int type, want = 0;
+
+        if (!lookup_flag(av[2], types, &type) ||
+            !parse_u64(av[3], &off, true) || !parse_u64(av[4], &len, true) ||
+            (ac > 5 && !lookup_flag(av[5], types, &want))) {
+            wl_log(w, cmd, slot->path, EINVAL, "reason=usage");
+            goto out;
+        }
+        fl.l_type = type;
+        fl.l_start = off;
+        fl.l_len = len;
+        res = fcntl(fd, !strcmp(cmd, "getlk") ? F_GETLK :
+                    !strcmp(cmd, "setlk") ? F_SETLK : F_SETLKW, &fl) < 0 ?
+              errno : 0;
+        if (!res && ac > 5 && fl.l_type != want) {
+            res = RES_MISMATCH;
+        }
+        wl_log(w, cmd, slot->path, res, "key=%s type=%s start=%" PRId64
+               " len=%" PRId64, slot->key, fl.l_type == F_RDLCK ? "rd" :
+               fl.l_type == F_WRLCK ? "wr" : "un", (int64_t)fl.l_start,
+               (int64_t)fl.l_len);
+    } else if (!strcmp(cmd, "fallocate")) {
+        static const NamedFlag modes[] = {
+            { "alloc", 0 }, { "keep", FALLOC_FL_KEEP_SIZE },
+            { "punch", FALLOC_FL_PUNCH_HOLE },
+            { "zero", FALLOC_FL_ZERO_RANGE },
+            { "collapse", FALLOC_FL_COLLAPSE_RANGE },
+            { "insert", FALLOC_FL_INSERT_RANGE }, { NULL, 0 },
+        };
+        int mode;
+
+        if (!parse_flags(av[2], modes, &mode) ||
+            !parse_u64(av[3], &off, true) || !parse_u64(av[4], &len, true)) {
+            wl_log(w, cmd, slot->path, EINVAL, "reason=usage");
+            goto out;
+        }
+        res = fallocate(fd, mode, off, len) < 0 ? errno : 0;
+        wl_log(w, cmd, slot->path, res, "key=%s mode=%#x off=%" PRIu64
+               " len=%" PRIu64 " size=%" PRId64, slot->key, mode, off, len,
+               fstat(fd, &st) < 0 ? (int64_t)-1 : (int64_t)st.st_size);
+    } else if (!strcmp(cmd, "copyrange")) {
+        HoldSlot *to = hold_slot(w, cmd, NULL, av[3]);
+        loff_t in_off, out_off;
+
+        if (!to || to->fd < 0) {
+            wl_log(w, cmd, slot->path, EBADF, "key=%s reason=nokey", av[3]);
+            goto out;
+        }
+        if (!parse_u64(av[2], &off, true) || !parse_u64(av[4], &seed, true) ||
+            !parse_u64(av[5], &len, true)) {
+            wl_log(w, cmd, slot->path, EINVAL, "reason=usage");
+            goto out;
+        }
+        in_off = off;
+        out_off = seed;
+        n = copy_file_range(fd, &in_off, to->fd, &out_off, len, 0);
+        res = n < 0 ? errno : (uint64_t)n < len ? RES_MISMATCH : 0;
+        wl_log(w, cmd, slot->path, res, "key=%s to=%s copied=%zd", slot->key,
+               to->key, n);
     } else if (!strcmp(cmd, "dropcaches")) {
         fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
         res = fd < 0 || write(fd, "2\n", 2) != 2 ? errno : 0;
