@@ -152,6 +152,18 @@ CASES = [
       'close {k}']),
     ('FALLOCATE', POINTS, [('append', 'a', 16384)],
      ['openrw {d}/a {k}', 'fallocate {k} zero 8192 16384', 'close {k}']),
+    # COLLAPSE_RANGE and INSERT_RANGE move the data after the range and
+    # change the size: run twice, they would move it twice.  A Linux
+    # guest cannot send them; a crash-point build runs the guest's
+    # KEEP_SIZE allocation as one of them while the state directory holds
+    # "fallocate-shift" ("state" setup entries, for both runs).  Offsets
+    # and lengths in file-system blocks (ext4 here)
+    ('FALLOCATE', POINTS, [('append', 'a', 16384),
+                           ('state', 'fallocate-shift', 'insert')],
+     ['openrw {d}/a {k}', 'fallocate {k} keep 4096 4096', 'close {k}']),
+    ('FALLOCATE', POINTS, [('append', 'a', 16384),
+                           ('state', 'fallocate-shift', 'collapse')],
+     ['openrw {d}/a {k}', 'fallocate {k} keep 4096 4096', 'close {k}']),
     # "?lock NAME OFF LEN": what another process on the host finds there
     # (free, rd, wr).  A lock is set on the lock owner's own open file
     # description, kept across the crash: setting it again is a no-op
@@ -568,17 +580,25 @@ class CrashPointsTest(unittest.TestCase):
     def run_case(self, h, sup, hold, state, n, opcode, point, setup, cmds,
                  expect):
         dirs = {}
+        # ("state", NAME, TEXT): a file of the state directory for the
+        # case (a test switch of the crash-point build)
+        knobs = [spec for spec in setup if spec[0] == 'state']
         for kind in ('clean', 'crash'):
             d = 'c%d-%s' % (n, kind)
             os.mkdir(os.path.join(h.shared, d))
             for spec in setup:
-                make(os.path.join(h.shared, d), spec)
+                if spec[0] != 'state':
+                    make(os.path.join(h.shared, d), spec)
             dirs[kind] = d
-
+        for _, name, text in knobs:
+            with open(os.path.join(state, name), 'w') as f:
+                f.write(text + '\n')
         try:
             return self.run_case_dirs(h, sup, hold, state, n, opcode, point,
                                       cmds, expect, dirs)
         finally:
+            for _, name, _ in knobs:
+                os.unlink(os.path.join(state, name))
             while HELD:
                 os.close(HELD.pop())
 
