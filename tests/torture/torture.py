@@ -79,11 +79,13 @@ RESTORED = re.compile(r'^state: restored session from \S+: (\d+) inodes, '
 # What one worker with a connected front-end holds besides the records'
 # fds and what the table held before QEMU connected (the holder's own
 # fds, its listening socket, the first worker's state directory): the
-# sandbox's mount namespace, its root and /proc fds (3), the four record
-# maps, the vhost-user connection and its back-end channel, the inflight
-# region's memfd, and 4 eventfds for each of the 2 queues (kick, call,
-# err, the queue thread's kill).  Measured: 25 fds at rest, 6 at start.
-FIXED_FDS = 19
+# sandbox's mount namespace, its root and /proc fds (3), the five record
+# maps (inodes, files, dirs, plocks and, a record file of lo_map since
+# patch 0052, intents), the vhost-user connection and its back-end
+# channel, the inflight region's memfd, and 4 eventfds for each of the 2
+# queues (kick, call, err, the queue thread's kill).  Measured: 26 fds at
+# rest, 6 at start.
+FIXED_FDS = 20
 WORKERS, FILES, SIZE, BS = 2, 2, 1 << 20, 65536
 # fio: random 4 KiB reads and writes on a 2 MiB file, each written block
 # verified (crc32c header) within 64 writes and again at the end of a run;
