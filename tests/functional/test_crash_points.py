@@ -152,6 +152,17 @@ CASES = [
       'close {k}']),
     ('FALLOCATE', POINTS, [('append', 'a', 16384)],
      ['openrw {d}/a {k}', 'fallocate {k} zero 8192 16384', 'close {k}']),
+    # ... but what someone on the host wrote or cut after the request
+    # took effect must survive its replay (judged as a truncation)
+    ('FALLOCATE', ('syscall',), [('append', 'a', 16384)],
+     ['openrw {d}/a {k}', '!>append a 50',
+      'fallocate {k} punch,keep 8192 16384', 'close {k}']),
+    ('FALLOCATE', ('syscall',), [('append', 'a', 16384)],
+     ['openrw {d}/a {k}', '!>append a 50',
+      'fallocate {k} zero,keep 8192 16384', 'close {k}']),
+    ('FALLOCATE', ('syscall',), [('append', 'a', 16384)],
+     ['openrw {d}/a {k}', '!>truncate a 100',
+      'fallocate {k} alloc 12288 8192', 'close {k}']),
     # COLLAPSE_RANGE and INSERT_RANGE move the data after the range and
     # change the size: run twice, they would move it twice.  A Linux
     # guest cannot send them; a crash-point build runs the guest's
