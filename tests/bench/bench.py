@@ -886,10 +886,17 @@ def print_parts(title, rows, parts):
             max(xs)), flush=True)
 
 
-def stall_section(L, st, note='', failed=None):
-    L.append('## Guest-visible stall per restart\n')
+def stall_head(L, title, st, failed):
+    """A stall section's title; False, with a FAILED line, without rows."""
+    L.append('## %s\n' % title)
     if not st or not st['rows']:
         L.append('FAILED: %s.\n' % (failed or 'no restart measured'))
+        return False
+    return True
+
+
+def stall_section(L, st, note='', failed=None):
+    if not stall_head(L, 'Guest-visible stall per restart', st, failed):
         return
     L.append('%d SIGKILLs of the virtiofsd worker (`-o reconnect`: the '
              'process started holds the fd table and restarts its worker) '
@@ -929,9 +936,7 @@ def stall_section(L, st, note='', failed=None):
 
 
 def stall1_section(L, st1, failed=None):
-    L.append('## Stall with QEMU reconnect-ms=1\n')
-    if not st1 or not st1['rows']:
-        L.append('FAILED: %s.\n' % (failed or 'no restart measured'))
+    if not stall_head(L, 'Stall with QEMU reconnect-ms=1', st1, failed):
         return
     L.append('The same as above in a guest of its own, %d SIGKILLs, with '
              'QEMU retrying the connection every millisecond instead of '

@@ -33,8 +33,6 @@ through PR_SET_PDEATHSIG too).
 """
 
 import contextlib
-import errno
-import fcntl
 import os
 import re
 import shutil
@@ -141,20 +139,6 @@ def read_records(state_dir, name):
         if struct.unpack_from('<I', data, off)[0] == REC_USED:
             res.append((i, data[off + 8:off + rec_size]))
     return res
-
-
-def host_can_flock(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
-    except OSError as e:
-        if e.errno == errno.EWOULDBLOCK:
-            return False
-        raise
-    finally:
-        os.close(fd)
 
 
 
@@ -761,7 +745,7 @@ class HolderTest(unittest.TestCase):
             self.run_ok(hold, ['open fa a', 'write a 0 16k 51', 'flock a',
                                'open fb b', 'write b 0 16k 52', 'unlink fb',
                                'open fc c', 'write c 0 4k 53', 'lock c'])
-            self.assertFalse(host_can_flock(fa), 'no host flock')
+            self.assertFalse(host_can_lock(fa, flock=True), 'no host flock')
             self.assertFalse(host_can_lock(fc), 'no host POSIX lock')
             size = 16 * KIB
             mntns = MntnsRef(self.worker(p))
@@ -807,7 +791,7 @@ class HolderTest(unittest.TestCase):
                 _, _, files, dirs, plocks, stale, _ = m.groups()
                 self.assertEqual((files, plocks, stale), ('3', '1', '0'),
                                  m.group(0))
-                self.assertFalse(host_can_flock(fa),
+                self.assertFalse(host_can_lock(fa, flock=True),
                                  'flock lost in upgrade %d' % k)
                 self.assertFalse(host_can_lock(fc),
                                  'POSIX lock lost in upgrade %d' % k)

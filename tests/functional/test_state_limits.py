@@ -241,27 +241,32 @@ class Workers:
 class StateLimitsTest(unittest.TestCase):
 
     @contextlib.contextmanager
-    def setup(self, name, size='640k', options=('cache=auto',), wrapper=()):
-        """A tmpfs, a state directory in it, the holder on it and a guest
-        in hold mode.  Yields (harness, tmpfs, state dir, hold)."""
-        t0 = time.monotonic()
+    def on_tmpfs(self, name, size='640k'):
+        """A tmpfs and a state directory in it, and a Harness whose logs
+        are printed if the test fails.  Yields (harness, tmpfs, state)."""
         # The workers this test SIGKILLed: every other end of a worker
         # must be a start that lacked a resource
         self.killed = set()
-        with contextlib.ExitStack() as stack:
-            mnt = stack.enter_context(tmpfs(size))
+        with tmpfs(size) as mnt, vmharness.Harness(name) as h:
             state = os.path.join(mnt, 'state')
             os.mkdir(state, 0o700)
-            h = stack.enter_context(vmharness.Harness(name))
             try:
-                h.start_supervised_virtiofsd(state, options=options,
-                                             wrapper=wrapper)
-                hold = h.start_qemu_hold(chardev_opts=RECONNECT)
-                yield h, mnt, state, hold
+                yield h, mnt, state
             except BaseException:
                 sys.stderr.write('\n--- logs of %s (%s)\n%s\n'
                                  % (self.id(), h.dir, h.log_tail(60)))
                 raise
+
+    @contextlib.contextmanager
+    def setup(self, name, size='640k', options=('cache=auto',), wrapper=()):
+        """on_tmpfs(), the holder on its state directory and a guest in
+        hold mode.  Yields (harness, tmpfs, state dir, hold)."""
+        t0 = time.monotonic()
+        with self.on_tmpfs(name, size) as (h, mnt, state):
+            h.start_supervised_virtiofsd(state, options=options,
+                                         wrapper=wrapper)
+            hold = h.start_qemu_hold(chardev_opts=RECONNECT)
+            yield h, mnt, state, hold
         print('functional       %s: test %.1f s'
               % (name, time.monotonic() - t0), flush=True)
 
@@ -611,47 +616,38 @@ class StateLimitsTest(unittest.TestCase):
         next worker starts clean.  No guest: a client that connects as
         QEMU does is enough for a worker to read its state."""
         t0 = time.monotonic()
-        self.killed = set()
-        with tmpfs('640k') as mnt, \
-                vmharness.Harness('state-clean-full') as h:
-            try:
-                state = os.path.join(mnt, 'state')
-                os.mkdir(state, 0o700)
-                fill(mnt)
-                h.start_supervised_virtiofsd(state)
-                client = vmharness.unix_connect(h.sock)
-                m = self.wait_line(h, FAILED_START, 0, 'a refusal')
-                self.wait_line(h, FAST, 0, 'the restart')
-                client.close()
-                remount(mnt, 'size=4m')
-                # (the failed worker printed a clean start too, before
-                # its refusal)
-                since = len(h.supervisor.output())
-                client = vmharness.unix_connect(h.sock)
-                c = self.wait_line(h, CLEAN, since, 'a clean start')
-                # Past the state: its files made, serving the connection
-                self.wait_line(h, re.compile(r'^virtio_loop: Entry$', re.M),
-                               since, 'the worker serving')
-                self.assertEqual(FAILED_START.findall(
-                    h.supervisor.output()[since:]), [])
-                self.assertLessEqual({'inodes', 'files', 'dirs', 'plocks',
-                                      'intents'}, set(os.listdir(state)))
-                client.close()
-                self.assertEqual(m.group(1), state, m.group(0))
-                self.assertIn('No space left on device', m.group(2))
-                w = Workers(h.supervisor.output())
-                self.assertEqual(len(w.order), 1, w.lines)
-                self.assertEqual(w.lines[w.order[0]], [
-                    'holder: worker %d could not start (exit status %d)'
-                    % (w.order[0], EXIT_RETRY),
-                    'holder: worker %d ended (exit status %d) before serving '
-                    'a request (1 in a row): restarting in 0 ms'
-                    % (w.order[0], EXIT_RETRY)])
-                self.assert_no_sigbus_no_loop(h, 1)
-            except BaseException:
-                sys.stderr.write('\n--- logs of %s (%s)\n%s\n'
-                                 % (self.id(), h.dir, h.log_tail(60)))
-                raise
+        with self.on_tmpfs('state-clean-full') as (h, mnt, state):
+            fill(mnt)
+            h.start_supervised_virtiofsd(state)
+            client = vmharness.unix_connect(h.sock)
+            m = self.wait_line(h, FAILED_START, 0, 'a refusal')
+            self.wait_line(h, FAST, 0, 'the restart')
+            client.close()
+            remount(mnt, 'size=4m')
+            # (the failed worker printed a clean start too, before
+            # its refusal)
+            since = len(h.supervisor.output())
+            client = vmharness.unix_connect(h.sock)
+            c = self.wait_line(h, CLEAN, since, 'a clean start')
+            # Past the state: its files made, serving the connection
+            self.wait_line(h, re.compile(r'^virtio_loop: Entry$', re.M),
+                           since, 'the worker serving')
+            self.assertEqual(FAILED_START.findall(
+                h.supervisor.output()[since:]), [])
+            self.assertLessEqual({'inodes', 'files', 'dirs', 'plocks',
+                                  'intents'}, set(os.listdir(state)))
+            client.close()
+            self.assertEqual(m.group(1), state, m.group(0))
+            self.assertIn('No space left on device', m.group(2))
+            w = Workers(h.supervisor.output())
+            self.assertEqual(len(w.order), 1, w.lines)
+            self.assertEqual(w.lines[w.order[0]], [
+                'holder: worker %d could not start (exit status %d)'
+                % (w.order[0], EXIT_RETRY),
+                'holder: worker %d ended (exit status %d) before serving '
+                'a request (1 in a row): restarting in 0 ms'
+                % (w.order[0], EXIT_RETRY)])
+            self.assert_no_sigbus_no_loop(h, 1)
         print('functional       state-clean-full: "%s"; then "%s"; test %.1f s'
               % (m.group(0), c.group(0), time.monotonic() - t0), flush=True)
 
@@ -669,78 +665,69 @@ class StateLimitsTest(unittest.TestCase):
         carries the session on, and a new guest's FUSE_INIT starts a
         new one, which cannot be saved."""
         t0 = time.monotonic()
-        self.killed = set()
-        with tmpfs('640k') as mnt, \
-                vmharness.Harness('state-session-save') as h:
-            try:
-                state = os.path.join(mnt, 'state')
-                session = os.path.join(state, 'session')
-                os.mkdir(state, 0o700)
-                # cache=none: the guest's stat and read reach the daemon
-                opts = ('cache=none',)
-                h.start_supervised_virtiofsd(state, options=opts)
-                hold = h.start_qemu_hold(chardev_opts=RECONNECT)
-                self.run_ok(h, hold, ['mkdir d1', 'open d1/f a',
-                                      'write a 0 4k 3'])
-                self.assertTrue(os.path.exists(session))
-                # The daemon first (QEMU's end would end the session)
-                first = h.supervisor
-                tree = process_tree(first.pid)
-                for p in tree:
-                    os.kill(p, signal.SIGSTOP)
-                for p in reversed(tree):
-                    os.kill(p, signal.SIGKILL)
-                first.wait(10)
-                wait_until(lambda: not any(map(alive, tree)),
-                           'the first holder\'s processes gone', 10)
-                hold.close()
-                h.hold = None
-                h.qemu.kill()
-                self.assertTrue(os.path.exists(session))
-                fill(mnt)
+        with self.on_tmpfs('state-session-save') as (h, mnt, state):
+            session = os.path.join(state, 'session')
+            # cache=none: the guest's stat and read reach the daemon
+            opts = ('cache=none',)
+            h.start_supervised_virtiofsd(state, options=opts)
+            hold = h.start_qemu_hold(chardev_opts=RECONNECT)
+            self.run_ok(h, hold, ['mkdir d1', 'open d1/f a',
+                                  'write a 0 4k 3'])
+            self.assertTrue(os.path.exists(session))
+            # The daemon first (QEMU's end would end the session)
+            first = h.supervisor
+            tree = process_tree(first.pid)
+            for p in tree:
+                os.kill(p, signal.SIGSTOP)
+            for p in reversed(tree):
+                os.kill(p, signal.SIGKILL)
+            first.wait(10)
+            wait_until(lambda: not any(map(alive, tree)),
+                       'the first holder\'s processes gone', 10)
+            hold.close()
+            h.hold = None
+            h.qemu.kill()
+            self.assertTrue(os.path.exists(session))
+            fill(mnt)
 
-                since = len(first.output())
-                h.start_supervised_virtiofsd(state, options=opts)
-                hold = h.start_qemu_hold(chardev_opts=RECONNECT)
-                self.run_ok(h, hold, ['stat d1', 'mkdir d2', 'open d2/g b',
-                                      'write b 0 4k 4'])
-                saving = h.supervisor.output()[since:]
-                old_file = os.path.exists(session)
+            since = len(first.output())
+            h.start_supervised_virtiofsd(state, options=opts)
+            hold = h.start_qemu_hold(chardev_opts=RECONNECT)
+            self.run_ok(h, hold, ['stat d1', 'mkdir d2', 'open d2/g b',
+                                  'write b 0 4k 4'])
+            saving = h.supervisor.output()[since:]
+            old_file = os.path.exists(session)
 
-                pid, since, _ = self.kill_worker(h)
-                m = self.wait_line(h, re.compile('|'.join(
-                    r.pattern for r in (CLEAN, RESTORED, FAILED_START)),
-                    re.M), since, 'the restarted worker\'s state line')
-                self.assertRegex(m.group(0), CLEAN,
-                                 'the restart carried on the old session')
-                self.assertEqual(m.group(0), 'state: no saved session in '
-                                 '%s, starting clean' % state)
-                # The guest's session is gone: EIO, not a hang
-                for c in ('stat d1', 'check b 0 4k 4'):
-                    try:
-                        line = hold.cmd(c, 60)
-                    except TimeoutError:
-                        self.hung(h, 'at %r after the restart' % c)
-                    self.assertEqual(line.result, 'err=EIO', line)
-                # One line when the save failed, and no old session left
-                failed = SAVE_FAILED.findall(saving)
-                self.assertEqual(len(failed), 1, saving)
-                self.assertEqual(failed[0][0], state, saving)
-                self.assertFalse(old_file, 'the old session file stayed')
-                time.sleep(0.5)
-                log = h.supervisor.output()[since:]
-                self.assertEqual([l for l in log.splitlines()
-                                  if l.startswith('state: ')],
-                                 [m.group(0)], log)
-                # (the first holder's worker started too)
-                self.assert_no_sigbus_no_loop(h, 2)
-                self.assertEqual(len(Workers(h.supervisor.output()).order),
-                                 1)
-                save_line = SAVE_FAILED.search(saving).group(0)
-            except BaseException:
-                sys.stderr.write('\n--- logs of %s (%s)\n%s\n'
-                                 % (self.id(), h.dir, h.log_tail(60)))
-                raise
+            pid, since, _ = self.kill_worker(h)
+            m = self.wait_line(h, re.compile('|'.join(
+                r.pattern for r in (CLEAN, RESTORED, FAILED_START)),
+                re.M), since, 'the restarted worker\'s state line')
+            self.assertRegex(m.group(0), CLEAN,
+                             'the restart carried on the old session')
+            self.assertEqual(m.group(0), 'state: no saved session in '
+                             '%s, starting clean' % state)
+            # The guest's session is gone: EIO, not a hang
+            for c in ('stat d1', 'check b 0 4k 4'):
+                try:
+                    line = hold.cmd(c, 60)
+                except TimeoutError:
+                    self.hung(h, 'at %r after the restart' % c)
+                self.assertEqual(line.result, 'err=EIO', line)
+            # One line when the save failed, and no old session left
+            failed = SAVE_FAILED.findall(saving)
+            self.assertEqual(len(failed), 1, saving)
+            self.assertEqual(failed[0][0], state, saving)
+            self.assertFalse(old_file, 'the old session file stayed')
+            time.sleep(0.5)
+            log = h.supervisor.output()[since:]
+            self.assertEqual([l for l in log.splitlines()
+                              if l.startswith('state: ')],
+                             [m.group(0)], log)
+            # (the first holder's worker started too)
+            self.assert_no_sigbus_no_loop(h, 2)
+            self.assertEqual(len(Workers(h.supervisor.output()).order),
+                             1)
+            save_line = SAVE_FAILED.search(saving).group(0)
         print('functional       session-save-fails: "%s"; then "%s"; test '
               '%.1f s' % (save_line, m.group(0), time.monotonic() - t0),
               flush=True)

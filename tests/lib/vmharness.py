@@ -87,12 +87,14 @@ def pid_alive(pid):
     return state is not None and state != 'Z'
 
 
-def host_can_lock(path):
-    """Can another process take a POSIX write lock on the file now?"""
-    fd = os.open(path, os.O_RDWR)
+def host_can_lock(path, flock=False):
+    """Can another process take a write lock on the file now?  A POSIX
+    lock (lockf), or with flock a BSD lock (flock(2))."""
+    fd = os.open(path, os.O_RDONLY if flock else os.O_RDWR)
+    lock = fcntl.flock if flock else fcntl.lockf
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.lockf(fd, fcntl.LOCK_UN)
+        lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock(fd, fcntl.LOCK_UN)
         return True
     except OSError as e:
         if e.errno in (errno.EAGAIN, errno.EACCES):
